@@ -1,0 +1,32 @@
+# Set-up is part of every target: a fresh clone needs only `make test` or `make demo`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint format demo clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[torch,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m mlx_plamo3.demo
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache

@@ -1,0 +1,77 @@
+"""The `mlx-plamo` command line. Each command is imported only when it is run, so
+`mlx-plamo --help` stays fast and a command never pays for another's heavy imports."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# command name -> "module:attribute" of a click command; the stage owns its command.
+COMMANDS: dict[str, str] = {
+    "tiny": "convert.tiny:tiny_command",
+    "convert": "convert.__main__:convert_command",
+    "generate": "mlx_plamo3.generate:generate_command",
+    "data": "data.cli:data_group",
+    "train": "train.cli:train_command",
+    "eval": "eval.cli:eval_command",
+    "score": "eval.cli:score_command",
+    "export": "adapters.cli:export_command",
+    "check-torch": "eval.torch_check:check_torch_command",
+    "report": "eval.report:report_command",
+}
+
+SHORT_HELP: dict[str, str] = {
+    "tiny": "Write a small random PLaMo 3 checkpoint in Hugging Face layout.",
+    "convert": "Convert a Hugging Face PLaMo 3 checkpoint to an MLX model directory.",
+    "generate": "Generate text from a prompt or a chat, streaming to the terminal.",
+    "data": "Build and check the tool-calling datasets.",
+    "train": "Train the tool-calling LoRA.",
+    "eval": "Run the 52-case tool-calling evaluation.",
+    "score": "Rescore an evaluation records file.",
+    "export": "Export an adapter to PEFT format (and the Hugging Face Hub).",
+    "check-torch": "Rerun the evaluation in PyTorch + PEFT and compare with MLX.",
+    "report": "Write the HTML report with figures.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # A stage that is not built yet must not break the rest of the CLI.
+            if exc.name and module_name.startswith(exc.name):
+                return _unavailable(cmd_name)
+            raise
+        return getattr(module, attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _unavailable(name: str) -> click.Command:
+    @click.command(name=name, help=SHORT_HELP.get(name, ""))
+    def command() -> None:
+        raise click.ClickException(f"'{name}' is not available in this version yet.")
+
+    return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlx-plamo3")
+def main() -> None:
+    """PLaMo 3 tool calling in MLX: convert, data, train, eval, export, check."""
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Generation with the KV cache: greedy or sampled, batched, with a shared prompt prefix.
+
+Batched prompts are left-padded and masked; a prefix shared by all prompts (the system prompt
+with the tool list, in the eval) is run once at batch 1 and its cache copied to every row, the
+rest of each prompt following it with padding in between. Masks and RoPE positions come from
+token positions, so every row computes what it would compute alone.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import mlx.core as mx
+
+from mlx_plamo3.model import Model, Plamo3Cache
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 160
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix every prompt shares, leaving each at least one token
+    of its own (its last prompt token must run in the batched step to yield the first logits)."""
+    shortest = min(len(p) for p in prompts)
+    length = 0
+    while length < shortest - 1 and all(p[length] == prompts[0][length] for p in prompts):
+        length += 1
+    return length
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[mx.array, mx.array]:
+    width = max(len(r) for r in rows)
+    ids = [[pad_id] * (width - len(r)) + list(r) for r in rows]
+    mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+    return mx.array(ids, dtype=mx.int32), mx.array(mask, dtype=mx.int32)
+
+
+def prefill_prefix(model: Model, prefix: Sequence[int]) -> Plamo3Cache | None:
+    if not prefix:
+        return None
+    cache = model.make_cache(1)
+    mx.eval(model(mx.array([list(prefix)], dtype=mx.int32), cache=cache))
+    return cache
+
+
+def pick_tokens(logits: mx.array, sampling: SamplingConfig, key: mx.array | None) -> mx.array:
+    if sampling.temperature <= 0:
+        return mx.argmax(logits, axis=-1)
+    logits = logits.astype(mx.float32) / sampling.temperature
+    if sampling.top_p < 1.0:
+        order = mx.argsort(-logits, axis=-1)
+        sorted_logits = mx.take_along_axis(logits, order, axis=-1)
+        probs = mx.softmax(sorted_logits, axis=-1)
+        # Keep the smallest set whose mass reaches top_p (the top token always stays).
+        drop = (mx.cumsum(probs, axis=-1) - probs) >= sampling.top_p
+        sorted_logits = mx.where(drop, -mx.inf, sorted_logits)
+        choice = mx.random.categorical(sorted_logits, key=key)
+        return mx.take_along_axis(order, choice[:, None], axis=-1)[:, 0]
+    return mx.random.categorical(logits, key=key)
+
+
+def generate_batch(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    stop_ids: set[int],
+    sampling: SamplingConfig,
+    pad_id: int,
+    prefix_cache: Plamo3Cache | None = None,
+    prefix_length: int = 0,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
+    """New tokens for each prompt (stop token excluded). `prefix_cache` holds the first
+    `prefix_length` tokens shared by all prompts; only the rest of each prompt is run here."""
+    batch = len(prompts)
+    if prefix_cache is not None:
+        cache = prefix_cache.copy(batch)
+    else:
+        cache, prefix_length = model.make_cache(batch), 0
+    ids, mask = left_pad([p[prefix_length:] for p in prompts], pad_id)
+    logits = model(ids, cache=cache, attention_mask=mask)[:, -1, :]
+    key = mx.random.key(sampling.seed) if sampling.temperature > 0 else None
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    for _ in range(sampling.max_new_tokens):
+        if key is not None:
+            key, subkey = mx.random.split(key)
+        else:
+            subkey = None
+        tokens = pick_tokens(logits, sampling, subkey)
+        for row, token in enumerate(tokens.tolist()):
+            if done[row]:
+                continue
+            if token in stop_ids:
+                done[row] = True
+                continue
+            outputs[row].append(token)
+            if on_token is not None:
+                on_token(row, token)
+        if all(done):
+            break
+        # Finished rows keep stepping (batch shapes stay fixed) but as padding, unseen by others.
+        step_mask = mx.array([[0 if d else 1] for d in done], dtype=mx.int32)
+        logits = model(tokens[:, None].astype(mx.int32), cache=cache, attention_mask=step_mask)
+        logits = logits[:, -1, :]
+    return outputs
+
+
+def generate(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    stop_ids: set[int],
+    sampling: SamplingConfig | None = None,
+    pad_id: int = 0,
+    batch_size: int = 8,
+    share_prefix: bool = True,
+    context_length: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
+    """Generate for many prompts in batches, returned in the order given.
+
+    With `share_prefix`, prompts are batched in sorted order so prompts with the same tool list
+    travel together, and each batch runs its common prefix once (reused by the next batch when
+    it is the same)."""
+    sampling = sampling or SamplingConfig()
+    if context_length is not None:
+        too_long = [
+            i for i, p in enumerate(prompts) if len(p) + sampling.max_new_tokens > context_length
+        ]
+        if too_long:
+            raise ValueError(
+                f"prompts {too_long[:5]} plus {sampling.max_new_tokens} new tokens exceed the "
+                f"model's context of {context_length} tokens"
+            )
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i]) if share_prefix else None
+    order = order or list(range(len(prompts)))
+    results: dict[int, list[int]] = {}
+    prefix: list[int] = []
+    prefix_cache: Plamo3Cache | None = None
+    for start in range(0, len(order), batch_size):
+        indices = order[start : start + batch_size]
+        chunk = [prompts[i] for i in indices]
+        if share_prefix:
+            length = common_prefix_length(chunk) if len(chunk) > 1 else len(chunk[0]) - 1
+            if list(chunk[0][:length]) != prefix:
+                prefix = list(chunk[0][:length])
+                prefix_cache = prefill_prefix(model, prefix)
+        outputs = generate_batch(
+            model, chunk, stop_ids, sampling, pad_id, prefix_cache, len(prefix), on_token
+        )
+        results |= dict(zip(indices, outputs, strict=True))
+        if progress is not None:
+            progress(len(chunk))
+    return [results[i] for i in range(len(prompts))]
+
+
+class TextStreamer:
+    """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
+
+    def __init__(self, decode: Callable[[list[int]], str], write: Callable[[str], None]):
+        self.decode, self.write = decode, write
+        self.tokens: list[int] = []
+        self.printed = 0
+
+    def __call__(self, row: int, token: int) -> None:
+        self.tokens.append(token)
+        text = self.decode(self.tokens)
+        if text.endswith("\ufffd"):
+            return
+        self.write(text[self.printed :])
+        self.printed = len(text)
+
+
+@click.command(name="generate", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_path", required=True, help="MLX or Hugging Face model directory.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter dir.")
+@click.option("--prompt", help="A user message (rendered with the chat template).")
+@click.option(
+    "--messages",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='A JSON file holding a list of {"role", "content"} messages.',
+)
+@click.option("--raw", is_flag=True, help="Send --prompt as plain text, without the template.")
+@click.option("--max-new-tokens", default=160, show_default=True, help="Tokens to generate.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 decodes greedily.")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass.")
+@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+def generate_command(
+    model_path: str,
+    adapter: str | None,
+    prompt: str | None,
+    messages: Path | None,
+    raw: bool,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+) -> None:
+    """Generate a reply, streaming it to the terminal; stops at <|plamo:tag|> or eos."""
+    from mlx_plamo3.loading import load
+    from mlx_plamo3.lora import load_adapter
+
+    if (prompt is None) == (messages is None):
+        raise click.UsageError("give exactly one of --prompt and --messages")
+    model, tokenizer = load(model_path)
+    if adapter:
+        load_adapter(model, adapter)
+        model.eval()
+    if messages is not None:
+        try:
+            chat = json.loads(messages.read_text())
+        except json.JSONDecodeError as exc:
+            raise click.ClickException(f"{messages} is not valid JSON: {exc}") from exc
+        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+    elif raw:
+        ids = tokenizer.encode(prompt)
+    else:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True
+        )
+    streamer = TextStreamer(tokenizer.decode, lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+    sampling = SamplingConfig(max_new_tokens, temperature, top_p, seed)
+    try:
+        generate(
+            model,
+            [ids],
+            stop_token_ids(tokenizer),
+            sampling,
+            pad_id=tokenizer.pad_token_id or 0,
+            context_length=model.args.max_position_embeddings,
+            on_token=streamer,
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.stdout.write("\n")
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """The chat turn terminator and end-of-sequence."""
+    stops = {tokenizer.convert_tokens_to_ids("<|plamo:tag|>")}
+    if tokenizer.eos_token_id is not None:
+        stops.add(tokenizer.eos_token_id)
+    return {s for s in stops if s is not None}

@@ -1,0 +1,188 @@
+"""Load PLaMo 3 checkpoints (Hugging Face layout or our converted MLX directories) into MLX.
+
+Both layouts share key names, so one path loads either: read config.json, build the model,
+quantize the modules the weights say are quantized, then `load_weights(strict=True)` with every
+missing or unexpected key listed in a single error.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from mlx_plamo3.model import Model, ModelArgs
+
+PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Files besides weights that a checkpoint directory carries for tokenization and chat.
+TOKENIZER_FILES = (
+    "tokenizer.jsonl",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, truncated or does not match the model."""
+
+
+def resolve_model_path(path_or_repo: str | Path, revision: str | None = None) -> Path:
+    """A local directory as is; anything else is a Hugging Face Hub id to download."""
+    path = Path(path_or_repo)
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file; expected a checkpoint directory")
+        return path
+    if str(path_or_repo).startswith((".", "/", "~")) or str(path_or_repo).count("/") != 1:
+        raise CheckpointError(f"{path_or_repo}: no such directory (and not a Hub id 'org/name')")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.jsonl", "*.jinja", "tokenization_*.py"]
+    return Path(snapshot_download(str(path_or_repo), revision=revision, allow_patterns=patterns))
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    config_path = model_dir / "config.json"
+    if not config_path.is_file():
+        raise CheckpointError(f"{config_path} is missing")
+    try:
+        return json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
+
+
+def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
+    """Tensor names, dtypes and shapes from a safetensors header, checking the file is whole."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path} is truncated (no safetensors header)")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > size - 8:
+            raise CheckpointError(f"{path} is truncated (header runs past the end of the file)")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path} has a corrupt safetensors header: {exc}") from exc
+    header.pop("__metadata__", None)
+    data_end = max((t["data_offsets"][1] for t in header.values()), default=0)
+    if 8 + header_len + data_end > size:
+        raise CheckpointError(
+            f"{path} is truncated: {size} bytes, the header needs {8 + header_len + data_end}"
+        )
+    return header
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors shards of a checkpoint, in index order; refuses pickled checkpoints."""
+    index_path = model_dir / "model.safetensors.index.json"
+    if index_path.is_file():
+        weight_map = json.loads(index_path.read_text()).get("weight_map", {})
+        files = [model_dir / name for name in dict.fromkeys(weight_map.values())]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise CheckpointError(f"{index_path} names shards that are missing: {missing}")
+        return files
+    files = sorted(model_dir.glob("*.safetensors"))
+    if files:
+        return files
+    pickled = sorted(p.name for p in model_dir.iterdir() if p.suffix in PICKLED_SUFFIXES)
+    if pickled:
+        raise CheckpointError(
+            f"{model_dir} holds only pickled weights {pickled}; they can execute code when "
+            "loaded, so they are refused. Convert them to safetensors first."
+        )
+    raise CheckpointError(f"{model_dir} holds no *.safetensors weights")
+
+
+def quantized_module_paths(keys: set[str]) -> set[str]:
+    return {key.removesuffix(".scales") for key in keys if key.endswith(".scales")}
+
+
+def build_model(args: ModelArgs, weight_keys: set[str] | None = None) -> Model:
+    """The model with the modules that the weights store quantized turned into quantized ones."""
+    model = Model(args)
+    if args.quantization:
+        quantized = quantized_module_paths(weight_keys or set())
+        nn.quantize(
+            model,
+            group_size=args.quantization["group_size"],
+            bits=args.quantization["bits"],
+            class_predicate=lambda path, module: path in quantized,
+        )
+    return model
+
+
+def expected_shapes(model: Model) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in tree_flatten(model.parameters())}
+
+
+def check_weights(
+    expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], source: str
+) -> None:
+    """One error listing every missing key, unexpected key and shape mismatch."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(
+        f"{k}: checkpoint {found[k]}, model {expected[k]}"
+        for k in set(expected) & set(found)
+        if tuple(found[k]) != tuple(expected[k])
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
+    if problems:
+        raise CheckpointError(
+            f"{source} does not match the PLaMo 3 model:\n  " + "\n  ".join(problems)
+        )
+
+
+def load_model(
+    path_or_repo: str | Path,
+    dtype: mx.Dtype | None = None,
+    lazy: bool = False,
+    revision: str | None = None,
+) -> Model:
+    """Load a PLaMo 3 model from a local directory or Hub id (HF or converted MLX layout)."""
+    model_dir = resolve_model_path(path_or_repo, revision)
+    args = ModelArgs.from_dict(read_config(model_dir), source=str(model_dir / "config.json"))
+    files = weight_files(model_dir)
+    weights: dict[str, mx.array] = {}
+    for file in files:
+        read_safetensors_header(file)
+        weights.update(mx.load(str(file)))
+    model = build_model(args, set(weights))
+    weights = model.sanitize(weights)
+    check_weights(
+        expected_shapes(model), {k: tuple(v.shape) for k, v in weights.items()}, str(model_dir)
+    )
+    if dtype is not None:
+        weights = {
+            k: v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v
+            for k, v in weights.items()
+        }
+    model.load_weights(list(weights.items()), strict=True)
+    if not lazy:
+        mx.eval(model.parameters())
+    model.eval()
+    return model
+
+
+def load(path_or_repo: str | Path, dtype: mx.Dtype | None = None, lazy: bool = False):
+    """(model, tokenizer) from a checkpoint directory or Hub id, like `mlx_lm.load`."""
+    from mlx_plamo3.tokenizer import Plamo3Tokenizer
+
+    model_dir = resolve_model_path(path_or_repo)
+    return load_model(model_dir, dtype=dtype, lazy=lazy), Plamo3Tokenizer.from_pretrained(model_dir)

@@ -1,0 +1,210 @@
+"""LoRA for PLaMo 3 in MLX, stored the way PEFT thinks about it.
+
+A `LoRALinear` takes the place of a linear layer and keeps the base layer's parameters under
+their own names (`...qkv_proj.weight`, plus `.scales`/`.biases` when quantized), adding
+`lora_a` [in, r] and `lora_b` [r, out]. So checkpoint keys are unchanged and a PEFT export is
+a prefix and a transpose. The adapter config stores r and lora_alpha like PEFT; the scale is
+derived in one place (`LoraConfig.scale`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mlx_plamo3.io import atomic_save_safetensors, atomic_write_json
+from mlx_plamo3.model import Model, ModelArgs
+
+ALL_LINEAR = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+ADAPTER_WEIGHTS = "adapters.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FORMAT = "mlx-plamo3-lora"
+
+
+class AdapterError(ValueError):
+    """An adapter does not fit the model or is malformed."""
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+
+    @property
+    def scale(self) -> float:
+        """PEFT's scaling: lora_alpha / r (the one place it is computed)."""
+        return self.lora_alpha / self.r
+
+    def validate(self) -> None:
+        if self.r < 1:
+            raise AdapterError(f"LoRA rank r must be >= 1, got {self.r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise AdapterError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        unknown = sorted(set(self.target_modules) - set(ALL_LINEAR))
+        if unknown or not self.target_modules:
+            raise AdapterError(
+                f"target_modules {self.target_modules} must be a non-empty subset of {ALL_LINEAR}"
+            )
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + scale * dropout(x) @ lora_a @ lora_b, with the base frozen."""
+
+    def __init__(self, base: nn.Module, config: LoraConfig):
+        super().__init__()
+        self.weight = base.weight
+        self.quantized = isinstance(base, nn.QuantizedLinear)
+        if self.quantized:
+            self.scales, self.biases = base.scales, base.biases
+            self.group_size, self.bits = base.group_size, base.bits
+            in_dims = base.weight.shape[1] * 32 // base.bits
+        else:
+            in_dims = base.weight.shape[1]
+        out_dims = base.weight.shape[0]
+        self.scale = config.scale
+        self.dropout = nn.Dropout(config.lora_dropout)
+        # PEFT's init: A ~ kaiming-uniform (a=sqrt(5)) -> U(-1/sqrt(in), 1/sqrt(in)); B = 0.
+        bound = 1.0 / math.sqrt(in_dims)
+        self.lora_a = mx.random.uniform(-bound, bound, (in_dims, config.r), dtype=mx.float32)
+        self.lora_b = mx.zeros((config.r, out_dims), dtype=mx.float32)
+
+    def base_forward(self, x: mx.array) -> mx.array:
+        if self.quantized:
+            return mx.quantized_matmul(
+                x,
+                self.weight,
+                self.scales,
+                self.biases,
+                transpose=True,
+                group_size=self.group_size,
+                bits=self.bits,
+            )
+        return x @ self.weight.T
+
+    def __call__(self, x: mx.array) -> mx.array:
+        update = (self.dropout(x).astype(mx.float32) @ self.lora_a) @ self.lora_b
+        return self.base_forward(x) + (self.scale * update).astype(x.dtype)
+
+
+def target_paths(model: Model, config: LoraConfig) -> list[str]:
+    """Module paths whose last name is a target, as PEFT matches a list of names."""
+    targets = set(config.target_modules)
+    return [
+        path
+        for path, module in model.named_modules()
+        if path.rsplit(".", 1)[-1] in targets
+        and isinstance(module, (nn.Linear, nn.QuantizedLinear, LoRALinear))
+    ]
+
+
+def apply_lora(model: Model, config: LoraConfig) -> list[str]:
+    """Swap the target linears for LoRA layers, freeze everything but lora_a/lora_b."""
+    config.validate()
+    modules = dict(model.named_modules())
+    paths = sorted(target_paths(model, config))
+    if any(isinstance(modules[p], LoRALinear) for p in paths):
+        raise AdapterError("the model already carries LoRA layers")
+    model.update_modules(tree_unflatten([(p, LoRALinear(modules[p], config)) for p in paths]))
+    model.freeze()
+    for path in paths:
+        dict(model.named_modules())[path].unfreeze(keys=["lora_a", "lora_b"], recurse=False)
+    return paths
+
+
+def lora_parameters(model: Model) -> dict[str, mx.array]:
+    return {
+        key: value
+        for key, value in tree_flatten(model.trainable_parameters())
+        if key.endswith((".lora_a", ".lora_b"))
+    }
+
+
+def base_fingerprint(args: ModelArgs) -> str:
+    """Hash of the shapes that decide whether an adapter fits a base model."""
+    shape = {
+        k: getattr(args, k)
+        for k in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "head_dim",
+            "intermediate_size",
+            "vocab_size",
+        )
+    }
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_adapter(
+    model: Model, out_dir: str | Path, config: LoraConfig, metadata: dict[str, Any]
+) -> Path:
+    """Write adapters.safetensors + adapter_config.json (each atomically)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = lora_parameters(model)
+    if not weights:
+        raise AdapterError("the model has no LoRA layers to save")
+    atomic_save_safetensors(out_dir / ADAPTER_WEIGHTS, weights, {"format": ADAPTER_FORMAT})
+    document = {
+        "format": ADAPTER_FORMAT,
+        **asdict(config),
+        "base_fingerprint": base_fingerprint(model.args),
+        **metadata,
+    }
+    atomic_write_json(out_dir / ADAPTER_CONFIG, document)
+    return out_dir
+
+
+def read_adapter_config(adapter_dir: str | Path) -> tuple[LoraConfig, dict[str, Any]]:
+    path = Path(adapter_dir) / ADAPTER_CONFIG
+    if not path.is_file():
+        raise AdapterError(f"{path} is missing; is {adapter_dir} an adapter directory?")
+    document = json.loads(path.read_text())
+    if document.get("format") != ADAPTER_FORMAT:
+        raise AdapterError(
+            f"{path}: format is {document.get('format')!r}, expected {ADAPTER_FORMAT!r}"
+        )
+    config = LoraConfig(
+        r=document["r"],
+        lora_alpha=document["lora_alpha"],
+        lora_dropout=document["lora_dropout"],
+        target_modules=list(document["target_modules"]),
+    )
+    config.validate()
+    return config, document
+
+
+def load_adapter(model: Model, adapter_dir: str | Path) -> LoraConfig:
+    """Apply a saved adapter to a freshly loaded base; refuses one trained on another base."""
+    config, document = read_adapter_config(adapter_dir)
+    expected = base_fingerprint(model.args)
+    if document.get("base_fingerprint") not in (None, expected):
+        raise AdapterError(
+            f"{adapter_dir} was trained on a different base model "
+            f"(fingerprint {document['base_fingerprint']}, this model {expected})"
+        )
+    apply_lora(model, config)
+    weights = mx.load(str(Path(adapter_dir) / ADAPTER_WEIGHTS))
+    wanted = {k: tuple(v.shape) for k, v in lora_parameters(model).items()}
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if wanted != found:
+        missing, extra = sorted(set(wanted) - set(found)), sorted(set(found) - set(wanted))
+        shapes = sorted(k for k in set(wanted) & set(found) if wanted[k] != found[k])
+        raise AdapterError(
+            f"{adapter_dir} does not fit the model: missing {missing[:4]}, unexpected "
+            f"{extra[:4]}, shape mismatches {[(k, found[k], wanted[k]) for k in shapes[:4]]}"
+        )
+    model.load_weights(list(weights.items()), strict=False)
+    mx.eval(model.parameters())
+    return config

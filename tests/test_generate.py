@@ -1,0 +1,91 @@
+"""Generation: batching and prefix reuse change nothing; stops and limits hold."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_plamo3 import load_model
+from mlx_plamo3.generate import SamplingConfig, TextStreamer, common_prefix_length, generate
+
+
+@pytest.fixture(scope="module")
+def model(tiny_mlx_dir):
+    return load_model(tiny_mlx_dir)
+
+
+def prompts_with_shared_prefix(vocab: int) -> list[list[int]]:
+    rng = np.random.default_rng(11)
+    prefix = [int(t) for t in rng.integers(4, vocab, 24)]
+    return [prefix + [int(t) for t in rng.integers(4, vocab, n)] for n in (3, 17, 1, 9, 30, 5)]
+
+
+def naive_greedy(model, prompt: list[int], steps: int, stops: set[int]) -> list[int]:
+    """Greedy decoding by full forward passes, no cache: the definition being matched."""
+    ids, out = list(prompt), []
+    for _ in range(steps):
+        token = int(mx.argmax(model(mx.array([ids]))[0, -1]))
+        if token in stops:
+            break
+        out.append(token)
+        ids.append(token)
+    return out
+
+
+def test_batched_with_prefix_equals_one_at_a_time(model):
+    prompts = prompts_with_shared_prefix(model.args.vocab_size)
+    greedy = SamplingConfig(max_new_tokens=30)
+    alone = [generate(model, [p], set(), greedy, share_prefix=False)[0] for p in prompts]
+    batched = generate(model, prompts, set(), greedy, batch_size=4)
+    assert batched == alone
+    assert alone[0] == naive_greedy(model, prompts[0], 30, set())
+    assert len({tuple(o) for o in alone}) > 1, "outputs do not depend on the prompt"
+
+
+def test_stop_token_ends_a_row_and_is_not_returned(model):
+    prompt = prompts_with_shared_prefix(model.args.vocab_size)[1]
+    free = generate(model, [prompt], set(), SamplingConfig(max_new_tokens=20))[0]
+    stop = free[5]
+    first = free.index(stop)
+    stopped = generate(model, [prompt], {stop}, SamplingConfig(max_new_tokens=20))[0]
+    assert stopped == free[:first]
+
+
+def test_rows_stop_independently_in_a_batch(model):
+    prompts = prompts_with_shared_prefix(model.args.vocab_size)
+    free = generate(model, prompts, set(), SamplingConfig(max_new_tokens=15))
+    stop = free[0][3]
+    stopped = generate(model, prompts, {stop}, SamplingConfig(max_new_tokens=15), batch_size=6)
+    for full, cut in zip(free, stopped, strict=True):
+        assert cut == (full[: full.index(stop)] if stop in full else full)
+
+
+def test_sampling_is_seeded(model):
+    prompt = prompts_with_shared_prefix(model.args.vocab_size)[2]
+    config = SamplingConfig(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=4)
+    first = generate(model, [prompt], set(), config)[0]
+    assert first == generate(model, [prompt], set(), config)[0]
+    assert len(first) == 12
+
+
+def test_prompt_longer_than_context_is_refused(model):
+    with pytest.raises(ValueError, match="exceed the model's context of 20"):
+        generate(model, [[5] * 15], set(), SamplingConfig(max_new_tokens=10), context_length=20)
+
+
+def test_common_prefix_leaves_each_prompt_a_token():
+    assert common_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2
+    assert common_prefix_length([[1, 2, 3], [1, 5]]) == 1
+    assert common_prefix_length([[7], [7, 8]]) == 0
+
+
+def test_streamer_holds_back_incomplete_characters():
+    pieces = {1: b"caf", 2: b"\xc3", 3: b"\xa9!"}
+    written: list[str] = []
+    streamer = TextStreamer(
+        lambda ids: b"".join(pieces[i] for i in ids).decode("utf-8", "replace"), written.append
+    )
+    for token in (1, 2, 3):
+        streamer(0, token)
+    assert written == ["caf", "é!"]
