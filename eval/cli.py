@@ -1,0 +1,255 @@
+"""Command-line entry points of the eval stage: `mlx-plamo score` and the `--compare` view.
+
+Imports stay light (no MLX): rescoring a records file must not load a model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from eval.compare import compare_rows, format_comparison
+from eval.records import RecordsError, load_records, write_records
+from eval.scoring import (
+    MODES,
+    RATE_KEYS,
+    describe_rate,
+    score_rows,
+    summarize,
+    summary_mismatches,
+)
+
+MODE_HELP = (
+    "seed: the seed study's scoring, reproducing its numbers exactly. strict: a call also needs "
+    "an 'arguments' object and a listed tool, so echoed tool schemas do not count as calls."
+)
+
+
+def score_records(path: str | Path, mode: str = "seed") -> dict[str, Any]:
+    """Rescore a records file: {file, summary, stored_summary, mismatches, verdicts}."""
+    records = load_records(path)
+    summary = summarize(
+        records.rows,
+        mode,
+        condition=records.condition,
+        minutes=records.summary.get("minutes"),
+    )
+    return {
+        "file": str(records.path),
+        "summary": summary,
+        "stored_summary": records.summary,
+        # The stored summary is seed-mode; a strict rescore is expected to differ.
+        "mismatches": summary_mismatches(records.summary, summary)
+        if mode == "seed" and any(k in records.summary for k in RATE_KEYS)
+        else None,
+        "verdicts": [
+            {"index": i, "question": row.get("question"), **verdict.to_dict()}
+            for i, (row, verdict) in enumerate(
+                zip(records.rows, score_rows(records.rows, mode), strict=True)
+            )
+        ],
+    }
+
+
+def format_score(result: Mapping[str, Any]) -> str:
+    """The rescored rates as a text table with 95% Wilson intervals."""
+    s = result["summary"]
+    minutes = f", {s['minutes']} min" if s.get("minutes") is not None else ""
+    lines = [
+        f"{result['file']}",
+        f"condition {s['condition']}, mode {s['mode']}{minutes}: "
+        f"{s['n_call']} call + {s['n_nocall']} no-call cases",
+        "",
+        f"{'metric':<18}{'rate':>8}{'k/n':>9}   95% Wilson interval",
+    ]
+    notes = []
+    for key in RATE_KEYS:
+        k, n = s["counts"][key]
+        if not n:
+            lines.append(f"{key:<18}{'-':>8}{'0/0':>9}   -")
+            continue
+        lo, hi = s["intervals"][key]
+        lines.append(f"{key:<18}{s[key]:>8.1%}{f'{k}/{n}':>9}   [{lo:.1%}, {hi:.1%}]")
+        if k in (0, n):
+            notes.append(f"{key}: {describe_rate(k, n)}")
+    if notes:
+        lines += ["", "at the extremes the interval, not the rate, is the claim:"]
+        lines += [f"  {note}" for note in notes]
+    if s["mode"] == "strict" and not s["strict_tool_check"]:
+        lines += ["", "tool membership not checked: the rows do not record the prompt's tools"]
+    mismatches = result.get("mismatches")
+    if mismatches is not None:
+        if mismatches:
+            lines += ["", "stored summary DIFFERS from the rescore:"]
+            lines += [f"  {k}: stored {a!r}, rescored {b!r}" for k, (a, b) in mismatches.items()]
+        else:
+            lines += ["", "stored summary: identical to the rescore"]
+    return "\n".join(lines)
+
+
+@click.command(name="score")
+@click.argument("records", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default="seed",
+    show_default=True,
+    help=MODE_HELP,
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table."
+)
+def score_command(records: Path, mode: str, as_json: bool) -> None:
+    """Rescore an evaluation RECORDS file (summary + per-question rows) without a model."""
+    try:
+        result = score_records(records, mode)
+    except (RecordsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_score(result))
+
+
+def compare_records(a_path: str | Path, b_path: str | Path, mode: str = "seed") -> dict[str, Any]:
+    """Per-question diff of two records files (for `mlx-plamo eval --compare A B`)."""
+    a, b = load_records(a_path), load_records(b_path)
+    result = compare_rows(
+        a.rows, b.rows, mode, labels=(f"{a.path} ({a.condition})", f"{b.path} ({b.condition})")
+    )
+    result["files"] = [str(a.path), str(b.path)]
+    return result
+
+
+def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
+    """Echo a comparison from `compare_records` as a text report or as JSON."""
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        click.echo(format_comparison(result))
+
+
+# ---- `mlx-plamo eval` (generation-based evaluation) goes below this line ----------------------
+
+
+@click.command(name="eval", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--condition",
+    type=click.Choice(["base", "base-fewshot", "lora"]),
+    default="lora",
+    show_default=True,
+    help="base: zero-shot; base-fewshot: the seed's 2-shot prompt; lora: with --adapter.",
+)
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter dir.")
+@click.option(
+    "--model",
+    "model_path",
+    default=None,
+    help="MLX model dir [artifacts/models/plamo-3-nict-2b-base].",
+)
+@click.option(
+    "--data",
+    "data_name",
+    default="v2",
+    show_default=True,
+    help="Dataset recipe name or dir holding eval.jsonl.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Records file [artifacts/results/<label>.json].",
+)
+@click.option(
+    "--label", help="Name of this run in the records and the default file name [condition]."
+)
+@click.option("--limit", type=int, help="Evaluate only the first N questions.")
+@click.option("--batch-size", default=8, show_default=True, help="Prompts generated together.")
+@click.option("--max-new-tokens", default=160, show_default=True, help="The seed used 160.")
+@click.option(
+    "--no-prefix-reuse", is_flag=True, help="Run every prompt from scratch, like the seed."
+)
+@click.option(
+    "--compare",
+    nargs=2,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Instead of evaluating, diff two records files question by question.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["seed", "strict"]),
+    default="seed",
+    show_default=True,
+    help="Scoring mode for --compare.",
+)
+def eval_command(
+    condition: str,
+    adapter: str | None,
+    model_path: str | None,
+    data_name: str,
+    out: Path | None,
+    label: str | None,
+    limit: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    no_prefix_reuse: bool,
+    compare: tuple[str, str] | None,
+    mode: str,
+) -> None:
+    """Run the tool-calling evaluation (40 call + 12 no-call questions) and write records."""
+    if compare:
+        try:
+            print_comparison(compare_records(*compare, mode=mode))
+        except (RecordsError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        return
+    from tqdm import tqdm
+
+    from data import load_rows, resolve_dataset
+    from eval.harness import file_sha256, run_eval
+    from mlx_plamo3.loading import load
+    from mlx_plamo3.lora import load_adapter
+    from mlx_plamo3.paths import artifact_dir
+
+    if condition == "lora" and not adapter:
+        raise click.UsageError("--condition lora needs --adapter")
+    if condition != "lora" and adapter:
+        raise click.UsageError(f"--adapter makes no sense with --condition {condition}")
+    model_path = model_path or str(artifact_dir("models", "plamo-3-nict-2b-base"))
+    label = label or condition
+    out = out or artifact_dir("results", f"{label}.json")
+    try:
+        eval_file = resolve_dataset(data_name) / "eval.jsonl"
+        rows = load_rows(eval_file)
+        model, tokenizer = load(model_path)
+        if adapter:
+            load_adapter(model, adapter)
+            model.eval()
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    total = min(limit, len(rows)) if limit else len(rows)
+    with tqdm(total=total, desc=f"eval {label}", unit="q") as bar:
+        records = run_eval(
+            model,
+            tokenizer,
+            rows,
+            condition=label,
+            fewshot=condition == "base-fewshot",
+            limit=limit,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            share_prefix=not no_prefix_reuse,
+            progress=bar.update,
+        )
+    records["summary"] |= {
+        "model": str(model_path),
+        "adapter": adapter,
+        "data": str(eval_file),
+        "data_sha256": file_sha256(eval_file),
+    }
+    write_records(out, records["summary"], records["rows"])
+    click.echo(format_score(score_records(out, "seed")))
+    click.echo(f"records written to {out}")

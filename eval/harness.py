@@ -1,0 +1,101 @@
+"""The 52-case tool-calling evaluation, generated in MLX: the seed's prompts and decoding
+(greedy, 160 new tokens, cut at <|plamo:tag|>), batched with the shared prompt prefix run once."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from eval.scoring import summarize
+from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
+
+CONDITIONS = ("base", "base-fewshot", "lora")
+TURN_END = "<|plamo:tag|>"
+
+# The seed's 2-shot turns, inserted after the system message for `base-fewshot`.
+FEWSHOT_MESSAGES: list[dict[str, str]] = [
+    {"role": "user", "content": "What's the weather like in Tokyo today?"},
+    {"role": "assistant", "content": '{"name": "get_weather", "arguments": {"location": "Tokyo"}}'},
+    {"role": "user", "content": "Thanks! And who wrote 'Kokoro'?"},
+    {
+        "role": "assistant",
+        "content": "'Kokoro' was written by Natsume Soseki, first published in 1914.",
+    },
+]
+
+
+def prompt_messages(row: dict[str, Any], fewshot: bool) -> list[dict[str, str]]:
+    """System and user turns of an eval row (its gold assistant turn dropped)."""
+    messages = [m for m in row["messages"] if m["role"] != "assistant"]
+    if fewshot:
+        messages = messages[:1] + FEWSHOT_MESSAGES + messages[1:]
+    return messages
+
+
+def question_of(row: dict[str, Any]) -> str:
+    return next(m["content"] for m in row["messages"] if m["role"] == "user")
+
+
+def gold_of(row: dict[str, Any]) -> str:
+    if "gold" in row:
+        return row["gold"]
+    return next(m["content"] for m in reversed(row["messages"]) if m["role"] == "assistant")
+
+
+def cut_at_turn_end(text: str) -> str:
+    return text.split(TURN_END, 1)[0]
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run_eval(
+    model,
+    tokenizer,
+    eval_rows: Sequence[dict[str, Any]],
+    condition: str,
+    fewshot: bool = False,
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 160,
+    share_prefix: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Records `{"summary", "rows"}` for the eval rows (the first `limit`, if given).
+
+    `condition` labels the run; `fewshot` inserts the seed's 2-shot turns."""
+    rows = list(eval_rows)[:limit] if limit else list(eval_rows)
+    prompts = [
+        tokenizer.apply_chat_template(prompt_messages(r, fewshot), add_generation_prompt=True)
+        for r in rows
+    ]
+    started = time.perf_counter()
+    outputs = generate(
+        model,
+        prompts,
+        stop_token_ids(tokenizer),
+        SamplingConfig(max_new_tokens=max_new_tokens),
+        pad_id=tokenizer.pad_token_id or 0,
+        batch_size=batch_size,
+        share_prefix=share_prefix,
+        progress=progress,
+    )
+    minutes = (time.perf_counter() - started) / 60
+    records = [
+        {
+            "kind": row["kind"],
+            "question": question_of(row),
+            "gold": gold_of(row),
+            "pred": cut_at_turn_end(tokenizer.decode(ids)),
+            "tools": row.get("tools", []),
+        }
+        for row, ids in zip(rows, outputs, strict=True)
+    ]
+    summary = summarize(records, "seed", condition=condition, minutes=round(minutes, 2))
+    summary["strict"] = summarize(records, "strict", condition=condition)
+    summary["decoding"] = {"greedy": True, "max_new_tokens": max_new_tokens, "stop": TURN_END}
+    return {"summary": summary, "rows": records}
