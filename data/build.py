@@ -1,0 +1,323 @@
+"""`mlx-plamo data build`: sources → parse → label → dedup → frozen eval → recipe draw →
+leakage guard → one atomically written directory (train, eval, audit, manifest)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from data.audit import counter_dict, label_counts, naive_nocall_breakdown, share
+from data.frozen import (
+    FROZEN_EVAL_FILE,
+    FrozenQuestion,
+    FrozenReport,
+    frozen_eval_rows,
+    load_frozen_questions,
+)
+from data.labels import to_candidate
+from data.leakage import check_no_leak
+from data.recipes import (
+    DEFAULT_SEED,
+    DEFAULT_SIZES,
+    RECIPES,
+    Draw,
+    fresh_eval,
+    train_examples,
+)
+from data.schema import CALL, DEFERRED_CALL, Candidate, ParseError
+from data.sources import DEFAULT_SOURCE, Row, SourceInfo, open_source, parse_row, sha256_file
+from data.store import AUDIT_FILE, EVAL_FILE, FRESH_EVAL_FILE, MANIFEST_FILE, TRAIN_FILE
+from mlx_plamo3.io import atomic_directory, atomic_write_json, atomic_write_text
+from mlx_plamo3.paths import artifact_dir
+
+SKIP_EXAMPLES = 3  # per reason, in the audit, so a skip can be traced to its row
+SHOWN_ABSENT = 5  # frozen questions named in the warning
+
+
+class FrozenEvalError(RuntimeError):
+    """`--require-frozen-eval` was given and the source lacks some frozen questions."""
+
+
+@dataclass
+class BuildConfig:
+    recipe: str
+    sources: tuple[str, ...] = (DEFAULT_SOURCE,)
+    out: Path | None = None
+    seed: int = DEFAULT_SEED
+    n_call: int | None = None  # None: the recipe's default
+    n_nocall: int | None = None
+    fresh_eval: bool = False
+    require_frozen_eval: bool = False
+    revision: str | None = None
+    force: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {RECIPES}")
+        if not self.sources:
+            raise ValueError("at least one source is needed")
+
+    def sizes(self) -> tuple[int, int]:
+        default_call, default_nocall = DEFAULT_SIZES[self.recipe]
+        n_call = default_call if self.n_call is None else self.n_call
+        n_nocall = default_nocall if self.n_nocall is None else self.n_nocall
+        if n_call < 0 or n_nocall < 0:
+            raise ValueError("example counts must not be negative")
+        return n_call, n_nocall
+
+    def out_dir(self) -> Path:
+        return self.out if self.out is not None else artifact_dir("data", self.recipe)
+
+
+@dataclass
+class Ingested:
+    """Everything one pass over the sources yields."""
+
+    candidates: list[Candidate]  # unique queries, first occurrence, source order
+    matches: dict[str, list[Candidate]]  # frozen query key -> every row with that query
+    sources: list[SourceInfo]
+    parsed: int = 0
+    duplicates: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    skip_examples: dict[str, list[str]] = field(default_factory=dict)
+    labels_all: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def source_rows(self) -> int:
+        return sum(info.rows for info in self.sources)
+
+
+def _counted(rows: Iterator[Row], info: SourceInfo) -> Iterator[tuple[int, Row]]:
+    for number, row in enumerate(rows, start=1):
+        info.rows = number
+        yield number, row
+
+
+def ingest(
+    sources: Iterable[str],
+    frozen_keys: set[str],
+    revision: str | None = None,
+    progress: bool = False,
+) -> Ingested:
+    """One streaming pass: parse, label and dedup every row of every source, in order."""
+    result = Ingested(candidates=[], matches=defaultdict(list), sources=[])
+    unique: dict[str, Candidate] = {}
+    index = 0
+    for spec in sources:
+        info, rows, total = open_source(spec, revision)
+        result.sources.append(info)
+        bar = tqdm(
+            _counted(rows, info),
+            total=total if total >= 0 else None,
+            desc=f"parsing {Path(spec).name or spec}",
+            unit=" rows",
+            disable=not progress,
+        )
+        for number, row in bar:
+            try:
+                if isinstance(row, ParseError):
+                    raise row
+                candidate = to_candidate(parse_row(row), index)
+            except ParseError as exc:
+                result.skipped[exc.reason] += 1
+                examples = result.skip_examples.setdefault(exc.reason, [])
+                if len(examples) < SKIP_EXAMPLES:
+                    examples.append(f"{spec} row {number}: {exc.detail}")
+                continue
+            finally:
+                index += 1
+            result.parsed += 1
+            result.labels_all[candidate.label] += 1
+            if candidate.key in frozen_keys:
+                result.matches[candidate.key].append(candidate)
+            if candidate.key in unique:
+                result.duplicates += 1
+            else:
+                unique[candidate.key] = candidate
+    result.candidates = list(unique.values())
+    return result
+
+
+@dataclass
+class Plan:
+    """A build, fully computed and checked, before anything is written."""
+
+    config: BuildConfig
+    train: Draw
+    eval_rows: list[dict[str, Any]]
+    fresh: Draw | None
+    audit: dict[str, Any]
+    sources: list[SourceInfo]
+    warnings: list[str]
+
+
+def absent_warning(report: FrozenReport, total: int) -> str:
+    shown = "; ".join(repr(q) for q in report.absent[:SHOWN_ABSENT])
+    more = (
+        f"; ... {len(report.absent) - SHOWN_ABSENT} more"
+        if len(report.absent) > SHOWN_ABSENT
+        else ""
+    )
+    return (
+        f"{len(report.absent)} of {total} frozen eval questions are not in the source "
+        f"({len(report.synthesized)} call: tool synthesized from the gold call; "
+        f"{len(report.missing)} no-call: no tools listed): {shown}{more}"
+    )
+
+
+def shortfall_warnings(name: str, draw: Draw) -> list[str]:
+    return [
+        f"{name}: asked for {draw.requested[kind]:,} {kind} examples, the source has only "
+        f"{draw.available[kind]:,} after dedup and eval exclusion"
+        for kind in draw.shortfall
+    ]
+
+
+def plan_build(config: BuildConfig, questions: list[FrozenQuestion] | None = None) -> Plan:
+    """Compute the whole build in memory; raise before writing if anything is wrong."""
+    n_call, n_nocall = config.sizes()
+    questions = load_frozen_questions() if questions is None else questions
+    frozen_keys = {q.key for q in questions}
+    data = ingest(config.sources, frozen_keys, config.revision, config.progress)
+
+    warnings: list[str] = []
+    eval_rows, report = frozen_eval_rows(questions, data.matches)
+    if report.absent:
+        message = absent_warning(report, len(questions))
+        if config.require_frozen_eval:
+            raise FrozenEvalError(message + " (--require-frozen-eval was given)")
+        warnings.append(message)
+
+    # Eval queries never reach the training pool: excluded by the same key as the dedup.
+    pool = [c for c in data.candidates if c.key not in frozen_keys]
+    fresh = None
+    if config.fresh_eval:
+        fresh = fresh_eval(pool, config.seed)
+        warnings += shortfall_warnings("fresh eval", fresh)
+        pool = [c for c in pool if c.key not in fresh.keys]
+    train = train_examples(config.recipe, pool, n_call, n_nocall, config.seed)
+    warnings += shortfall_warnings(f"{config.recipe} train", train)
+    if not train.rows:
+        warnings.append("the training set is empty: the source has no usable examples")
+
+    check_no_leak(train.rows, eval_rows + (fresh.rows if fresh else []))
+
+    audit = make_audit(config, data, report, len(questions), train, fresh, warnings)
+    return Plan(config, train, eval_rows, fresh, audit, data.sources, warnings)
+
+
+def make_audit(
+    config: BuildConfig,
+    data: Ingested,
+    report: FrozenReport,
+    n_questions: int,
+    train: Draw,
+    fresh: Draw | None,
+    warnings: list[str],
+) -> dict[str, Any]:
+    labels = Counter(c.label for c in data.candidates)
+    unlisted = sum(
+        1 for c in data.candidates if c.label == CALL and c.call and c.call.name not in c.tool_names
+    )
+    return {
+        "recipe": config.recipe,
+        "seed": config.seed,
+        "rows": {
+            "source": data.source_rows,
+            "parsed": data.parsed,
+            "skipped_total": sum(data.skipped.values()),
+            "skipped": counter_dict(data.skipped),
+            "skipped_examples": {k: data.skip_examples[k] for k in sorted(data.skip_examples)},
+            "duplicates_removed": data.duplicates,
+            "unique_queries": len(data.candidates),
+        },
+        "labels_all_rows": label_counts(data.labels_all),
+        "labels": label_counts(labels),
+        "calls_to_unlisted_tool": unlisted,
+        "naive_nocall": naive_nocall_breakdown(labels),
+        "frozen_eval": {
+            "questions": n_questions,
+            "from_source": report.from_source,
+            "synthesized": len(report.synthesized),
+            "missing": len(report.missing),
+            "not_in_source": report.absent,
+        },
+        "fresh_eval": _draw_audit(fresh) if fresh else None,
+        "train": {
+            **_draw_audit(train),
+            "total": len(train.rows),
+            "nocall_labels": counter_dict(train.nocall_labels),
+            "nocall_deferred_share": share(
+                train.nocall_labels[DEFERRED_CALL], train.built["nocall"]
+            ),
+        },
+        "leakage": {
+            "overlap": 0,
+            "checked_against": [EVAL_FILE] + ([FRESH_EVAL_FILE] if fresh else []),
+        },
+        "warnings": warnings,
+    }
+
+
+def _draw_audit(draw: Draw) -> dict[str, Any]:
+    return {"requested": draw.requested, "available": draw.available, "built": draw.built}
+
+
+def jsonl_text(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_plan(plan: Plan, out: Path, force: bool = False) -> None:
+    """Write the directory in one rename; no timestamps, so a rebuild is byte-identical."""
+    files = {TRAIN_FILE: plan.train.rows, EVAL_FILE: plan.eval_rows}
+    if plan.fresh is not None:
+        files[FRESH_EVAL_FILE] = plan.fresh.rows
+    texts = {name: jsonl_text(rows) for name, rows in files.items()}
+    manifest = {
+        "recipe": plan.config.recipe,
+        "seed": plan.config.seed,
+        "sizes": {
+            "requested": plan.train.requested,
+            "built": plan.train.built,
+            "eval": len(plan.eval_rows),
+            "fresh_eval": len(plan.fresh.rows) if plan.fresh else None,
+        },
+        "options": {
+            "fresh_eval": plan.config.fresh_eval,
+            "require_frozen_eval": plan.config.require_frozen_eval,
+        },
+        "sources": [info.to_json() for info in plan.sources],
+        "frozen_eval": {"file": "data/frozen_eval.json", "sha256": sha256_file(FROZEN_EVAL_FILE)},
+        "files": {
+            name: {"rows": len(files[name]), "sha256": sha256_text(text)}
+            for name, text in texts.items()
+        },
+    }
+    with atomic_directory(out, force=force) as staging:
+        for name, text in texts.items():
+            atomic_write_text(staging / name, text)
+        atomic_write_json(staging / AUDIT_FILE, plan.audit)
+        atomic_write_json(staging / MANIFEST_FILE, manifest)
+
+
+def build_dataset(config: BuildConfig) -> tuple[Path, Plan]:
+    """Build and write a dataset; returns the output directory and the plan (audit, warnings)."""
+    out = config.out_dir()
+    # Fail before the (possibly long) pass over the source, not after it.
+    if out.exists() and any(out.iterdir()) and not config.force:
+        raise FileExistsError(f"{out} already exists and is not empty (use --force to replace it)")
+    plan = plan_build(config)
+    write_plan(plan, out, force=config.force)
+    return out, plan

@@ -1,0 +1,138 @@
+"""`mlx-plamo data build` and `mlx-plamo data check-leak`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from data.recipes import DEFAULT_SEED, DEFAULT_SIZES, RECIPES
+from data.sources import DEFAULT_SOURCE, SourceError
+
+
+@click.group(name="data")
+def data_group() -> None:
+    """Build and check the tool-calling datasets."""
+
+
+@data_group.command("build")
+@click.option(
+    "--recipe",
+    type=click.Choice(RECIPES),
+    required=True,
+    help="v1: the seed's naive first-reply labels (reproduces trap 2); "
+    "v2: first-reply calls plus strict no-calls only.",
+)
+@click.option(
+    "--source",
+    "sources",
+    multiple=True,
+    default=(DEFAULT_SOURCE,),
+    show_default=True,
+    help="Hub dataset id, or a local .json/.jsonl/.parquet file or dataset directory, in raw "
+    "glaive or LLaMA-Factory sharegpt format. Repeat to combine several sources.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output directory [default: artifacts/data/<recipe>, under $MLX_PLAMO_HOME if set].",
+)
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Sampling seed.")
+@click.option(
+    "--n-call",
+    type=click.IntRange(min=0),
+    default=None,
+    help=f"Call examples to train on [default: v1 {DEFAULT_SIZES['v1'][0]:,}, "
+    f"v2 {DEFAULT_SIZES['v2'][0]:,}]. Capped, with a warning, by what the source has.",
+)
+@click.option(
+    "--n-nocall",
+    type=click.IntRange(min=0),
+    default=None,
+    help=f"No-call examples to train on [default: v1 {DEFAULT_SIZES['v1'][1]:,}, "
+    f"v2 {DEFAULT_SIZES['v2'][1]:,}]. The v1 defaults reproduce the seed's 11,182 examples "
+    "with ~45% no-call.",
+)
+@click.option(
+    "--fresh-eval",
+    is_flag=True,
+    help="Also draw a fresh eval of the frozen eval's shape (40 call + 12 strict no-call) into "
+    "eval_fresh.jsonl, excluded from training.",
+)
+@click.option(
+    "--require-frozen-eval",
+    is_flag=True,
+    help="Fail if any of the 52 frozen eval questions is not in the source (default: warn, "
+    "synthesize call tools from the gold call, and build anyway).",
+)
+@click.option(
+    "--revision", default=None, help="Hub revision (commit, tag or branch) of a hub source."
+)
+@click.option("--force", is_flag=True, help="Replace an existing non-empty output directory.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def build_command(
+    recipe: str,
+    sources: tuple[str, ...],
+    out: Path | None,
+    seed: int,
+    n_call: int | None,
+    n_nocall: int | None,
+    fresh_eval: bool,
+    require_frozen_eval: bool,
+    revision: str | None,
+    force: bool,
+    quiet: bool,
+) -> None:
+    """Build train.jsonl, eval.jsonl, audit.json and manifest.json from glaive rows."""
+    from data.audit import format_audit
+    from data.build import BuildConfig, FrozenEvalError, build_dataset
+    from data.leakage import LeakageError
+
+    config = BuildConfig(
+        recipe=recipe,
+        sources=tuple(sources),
+        out=out,
+        seed=seed,
+        n_call=n_call,
+        n_nocall=n_nocall,
+        fresh_eval=fresh_eval,
+        require_frozen_eval=require_frozen_eval,
+        revision=revision,
+        force=force,
+        progress=not quiet,
+    )
+    try:
+        path, plan = build_dataset(config)
+    except (SourceError, FrozenEvalError, LeakageError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for warning in plan.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    click.echo(format_audit(plan.audit))
+    click.echo(f"wrote {path}")
+
+
+@data_group.command("check-leak")
+@click.argument("train", type=click.Path(exists=True, path_type=Path))
+@click.argument("eval_path", metavar="EVAL", type=click.Path(exists=True, path_type=Path))
+def check_leak_command(train: Path, eval_path: Path) -> None:
+    """Fail if any EVAL query also occurs in TRAIN (lowercased, whitespace collapsed).
+
+    TRAIN and EVAL are jsonl files; a built dataset directory stands for its train.jsonl
+    (as TRAIN) or for its eval.jsonl and eval_fresh.jsonl (as EVAL)."""
+    from data.leakage import LeakageError, check_no_leak
+    from data.store import TRAIN_FILE, eval_files, load_rows
+
+    try:
+        train_rows = load_rows(train / TRAIN_FILE if train.is_dir() else train)
+        eval_paths = eval_files(eval_path) if eval_path.is_dir() else [eval_path]
+        if not eval_paths:
+            raise click.ClickException(f"{eval_path}: no eval.jsonl in this directory")
+        eval_rows = [row for path in eval_paths for row in load_rows(path)]
+        check_no_leak(train_rows, eval_rows)
+    except (LeakageError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"no leakage: 0 of {len(eval_rows)} eval queries occur in the {len(train_rows)} "
+        "training rows"
+    )

@@ -1,0 +1,84 @@
+"""Finding and reading built datasets: what `mlx-plamo train --data v2` and the eval use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from data.recipes import RECIPES
+from mlx_plamo3.paths import artifact_dir
+
+TRAIN_FILE = "train.jsonl"
+EVAL_FILE = "eval.jsonl"
+FRESH_EVAL_FILE = "eval_fresh.jsonl"
+AUDIT_FILE = "audit.json"
+MANIFEST_FILE = "manifest.json"
+ROLES = ("system", "user", "assistant")
+KINDS = ("call", "nocall")
+
+
+def resolve_dataset(name_or_path: str | Path) -> Path:
+    """A built dataset directory from a recipe/dataset name ("v2" → artifacts/data/v2) or a path."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    bare = "/" not in text and "\\" not in text and text not in ("", ".", "..")
+    # A bare name means a built dataset first, so a stray ./v2 folder does not shadow it.
+    if bare and (artifact_dir("data", text) / TRAIN_FILE).is_file():
+        return artifact_dir("data", text)
+    if path.is_dir():
+        candidate = path
+    elif bare:
+        candidate = artifact_dir("data", text)
+    else:
+        raise FileNotFoundError(f"dataset directory {text} does not exist")
+    if not (candidate / TRAIN_FILE).is_file():
+        hint = (
+            f"run `mlx-plamo data build --recipe {text}` first"
+            if text in RECIPES
+            else f"build one with `mlx-plamo data build --recipe v2 --out {candidate}`"
+        )
+        raise FileNotFoundError(f"no built dataset at {candidate} ({TRAIN_FILE} missing); {hint}")
+    return candidate
+
+
+def validate_row(row: Any, where: str) -> dict[str, Any]:
+    """Check one train/eval row's shape; the error names the file, line and key."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: row is not a JSON object")
+    messages = row.get("messages")
+    if not isinstance(messages, list) or len(messages) != len(ROLES):
+        raise ValueError(f"{where}: 'messages' must be a list of {len(ROLES)} messages")
+    for i, (message, role) in enumerate(zip(messages, ROLES, strict=True)):
+        if not isinstance(message, dict) or message.get("role") != role:
+            raise ValueError(f"{where}: 'messages'[{i}] must have 'role' {role!r}")
+        if not isinstance(message.get("content"), str):
+            raise ValueError(f"{where}: 'messages'[{i}] has no string 'content'")
+    if row.get("kind") not in KINDS:
+        raise ValueError(f"{where}: 'kind' must be one of {KINDS}, got {row.get('kind')!r}")
+    return row
+
+
+def load_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Read and validate a train/eval jsonl file."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; pass its {TRAIN_FILE} or {EVAL_FILE}")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
+            rows.append(validate_row(row, f"{path}:{number}"))
+    return rows
+
+
+def eval_files(directory: Path) -> list[Path]:
+    """The eval files of a built dataset: the frozen eval and, if built, the fresh one."""
+    return [
+        directory / name for name in (EVAL_FILE, FRESH_EVAL_FILE) if (directory / name).is_file()
+    ]
