@@ -91,6 +91,8 @@ def run_eval(
             "question": question_of(row),
             "gold": gold_of(row),
             "pred": cut_at_turn_end(tokenizer.decode(ids)),
+            # The generated ids (stop token excluded) let the PyTorch check compare exactly.
+            "pred_ids": ids,
             "tools": row.get("tools", []),
         }
         for row, ids in zip(rows, outputs, strict=True)

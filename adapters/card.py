@@ -1,0 +1,207 @@
+"""The model card (README.md) of an exported adapter: base model, license note, data, recipe,
+the eval table with 95% Wilson intervals from the records, and how to load the adapter."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from eval.records import Records
+from eval.scoring import RATE_KEYS, describe_rate, summarize
+
+PLAMO_LICENSE_NAME = "plamo-community-license"
+# Where PFN publishes the license of the 2B base (the English text).
+PLAMO_2B_LICENSE_LINK = "https://huggingface.co/pfnet/plamo-3-nict-2b-base/blob/main/LICENSE/en"
+RATE_TITLES = {
+    "parse_rate": "parse",
+    "func_name_acc": "func-name",
+    "args_exact_match": "args-exact",
+    "false_call_rate": "false-call ↓",
+}
+# Adapter-config keys shown in the recipe section; everything else is listed as metadata.
+LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules")
+HIDDEN_KEYS = (
+    "format",
+    "base_fingerprint",
+    "base_model_name_or_path",
+    "base_model_revision",
+    *LORA_KEYS,
+)
+
+
+def license_link(base_model: str) -> str:
+    """PFN's license page for a pfnet PLaMo 3 base (same layout assumed for the family)."""
+    if base_model.startswith("pfnet/plamo-3"):
+        return f"https://huggingface.co/{base_model}/blob/main/LICENSE/en"
+    return PLAMO_2B_LICENSE_LINK
+
+
+def front_matter(base_model: str, hub_base: bool) -> str:
+    lines = [
+        "---",
+        "license: other",
+        f"license_name: {PLAMO_LICENSE_NAME}",
+        f"license_link: {license_link(base_model)}",
+    ]
+    if hub_base:
+        lines.append(f"base_model: {base_model}")
+    lines += [
+        "library_name: peft",
+        "pipeline_tag: text-generation",
+        "language:",
+        "  - en",
+        "tags:",
+        *(f"  - {tag}" for tag in ("lora", "peft", "mlx", "tool-calling", "plamo", "plamo3")),
+        "---",
+    ]
+    return "\n".join(lines)
+
+
+def rate_cell(summary: Mapping[str, Any], key: str) -> str:
+    k, n = summary["counts"][key]
+    return describe_rate(k, n) if n else "–"
+
+
+def eval_table(records: Sequence[Records], mode: str) -> str:
+    """One row per records file: each rate as k/n with its 95% Wilson interval."""
+    header = "| condition | " + " | ".join(RATE_TITLES[k] for k in RATE_KEYS) + " |"
+    lines = [header, "|---" * (len(RATE_KEYS) + 1) + "|"]
+    for record in records:
+        summary = summarize(record.rows, mode, condition=record.condition)
+        cells = [rate_cell(summary, key) for key in RATE_KEYS]
+        lines.append(f"| {record.condition} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def metadata_lines(document: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for key, value in document.items():
+        if key in HIDDEN_KEYS or value in (None, "", {}, []):
+            continue
+        shown = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        lines.append(f"- `{key}`: {shown}")
+    return lines
+
+
+def usage_snippet(base_model: str, repo_or_dir: str, system_prompt_prefix: str) -> str:
+    tool = {
+        "name": "get_weather",
+        "description": "Get the current weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}},
+    }
+    return f"""```python
+import json
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = "{base_model}"
+# PLaMo 3 is not in transformers itself: the checkpoint's own code loads it.
+tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=True)
+model = AutoModelForCausalLM.from_pretrained(base, trust_remote_code=True, dtype=torch.bfloat16)
+model = PeftModel.from_pretrained(model, "{repo_or_dir}").eval()
+
+tools = [{json.dumps(tool)}]
+system = {json.dumps(system_prompt_prefix)} + "\\n\\n".join(
+    json.dumps(t, indent=4) for t in tools
+)
+messages = [
+    {{"role": "system", "content": system}},
+    {{"role": "user", "content": "What's the weather in Osaka right now?"}},
+]
+ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+out = model.generate(ids, max_new_tokens=160, do_sample=False)
+print(tokenizer.decode(out[0, ids.shape[1]:]).split("<|plamo:tag|>")[0])
+```"""
+
+
+def model_card(
+    document: Mapping[str, Any],
+    peft_config: Mapping[str, Any],
+    records: Sequence[Records] = (),
+    repo_or_dir: str = "<this repo or directory>",
+    system_prompt_prefix: str | None = None,
+) -> str:
+    """README.md text for an exported adapter.
+
+    `document` is the MLX adapter config (with its training metadata), `peft_config` the
+    exported adapter_config.json, `records` the eval records shipped in `eval/`, and
+    `system_prompt_prefix` the instruction the tool list follows (default: the project's)."""
+    from adapters.peft import is_hub_id
+    from data.prompt import SYSTEM_PROMPT_PREFIX
+
+    base = peft_config["base_model_name_or_path"]
+    revision = peft_config.get("revision")
+    r, alpha = peft_config["r"], peft_config["lora_alpha"]
+    parts = [
+        front_matter(base, is_hub_id(base)),
+        "",
+        "# PLaMo 3 tool-calling LoRA (trained in MLX)",
+        "",
+        "**Built with PLaMo.** A LoRA adapter that teaches "
+        f"`{base}`{f' (revision `{revision}`)' if revision else ''} to answer with a JSON "
+        'function call `{"name": ..., "arguments": {...}}` when one of the tools listed in '
+        "the system prompt fits the request, and to answer normally otherwise. It was trained "
+        "with mlx-plamo3 on Apple MLX and exported to the Hugging Face PEFT format; "
+        "`mlx-plamo check-torch` re-runs the evaluation in PyTorch to show the two agree.",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if records:
+        n_call = sum(r["kind"] == "call" for r in records[0].rows)
+        n_nocall = len(records[0].rows) - n_call
+        parts += [
+            f"{n_call} call and {n_nocall} no-call questions, greedy decoding. Each rate is "
+            "k/n with its 95% Wilson interval: with so few questions the interval, not the "
+            "point estimate, is the claim. Seed scoring (any JSON object with a `name` counts "
+            "as a call):",
+            "",
+            eval_table(records, "seed"),
+            "",
+            "Strict scoring (a call also needs an `arguments` object and a listed tool, so "
+            "echoed tool schemas do not count):",
+            "",
+            eval_table(records, "strict"),
+            "",
+            "The per-question records (question, gold, prediction) are in `eval/`.",
+        ]
+    else:
+        parts.append("No evaluation records were exported with this adapter.")
+    parts += [
+        "",
+        "## Training",
+        "",
+        f"- LoRA r={r}, lora_alpha={alpha} (scale {alpha / r:g}), "
+        f"dropout {peft_config.get('lora_dropout')}, on "
+        + ", ".join(f"`{m}`" for m in peft_config["target_modules"])
+        + " in every decoder layer",
+        *metadata_lines(document),
+        "",
+        "## How to load",
+        "",
+        "The adapter was trained on PLaMo 3's chat template with the system prompt below "
+        "followed by the tool schemas as JSON (4-space indent, a blank line between tools); "
+        "other prompts are out of distribution. Generation ends at `<|plamo:tag|>`.",
+        "",
+        usage_snippet(base, repo_or_dir, system_prompt_prefix or SYSTEM_PROMPT_PREFIX),
+        "",
+        "To check the PyTorch outputs against the MLX eval records question by question:",
+        "",
+        "```sh",
+        f"mlx-plamo check-torch --base {base} --adapter {repo_or_dir} "
+        "--results eval/<condition>.json --trust-remote-code",
+        "```",
+        "",
+        "## License",
+        "",
+        f"This adapter is a derivative of `{base}` and is distributed under the PLaMo "
+        f"Community License ({license_link(base)}), not under the project's own license. "
+        "Read it before any use: its terms, not this card, decide what you may do with the "
+        "adapter, commercial use in particular. The training data "
+        "(glaive-function-calling-v2) is Apache-2.0.",
+        "",
+    ]
+    return "\n".join(parts)
