@@ -19,6 +19,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from tqdm import tqdm
 
+from convert.hf_tokenizer import write_hf_tokenizer
 from mlx_plamo3.io import atomic_directory
 from mlx_plamo3.loading import (
     TOKENIZER_FILES,
@@ -77,11 +78,16 @@ def convert_shard(
 
 
 def copy_support_files(source: Path, dest: Path) -> list[str]:
-    """Tokenizer, template and generation files travel with the weights."""
+    """Tokenizer, template and generation files travel with the weights, plus a fast-tokenizer
+    tokenizer.json (and tokenizer_config.json pointing at it) so that AutoTokenizer, and so
+    mlx_lm.load, need no remote code."""
     names = [n for n in TOKENIZER_FILES if (source / n).is_file()]
     names += sorted(p.name for p in source.glob("tokenization_*.py"))
     for name in names:
         shutil.copy2(source / name, dest / name)
+    written = write_hf_tokenizer(source, dest)
+    if written is not None:
+        names.append(written.name)
     return names
 
 
