@@ -1,0 +1,123 @@
+"""Training checkpoints: `<adapter dir>/checkpoints/step-XXXXXX/`.
+
+Each holds the adapter (adapters.safetensors + adapter_config.json, loadable by `load_adapter`
+and `mlx-plamo eval`), the optimizer state (optimizer.safetensors: Adam moments, step count,
+learning rate) and trainer_state.json (step, counters, the run's MLflow id and the settings that
+must match on resume). The directory is staged beside its final name and renamed into place
+only when complete, so a kill mid-save leaves the previous checkpoint as the latest good one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
+
+from mlx_plamo3.io import atomic_directory, atomic_save_safetensors, atomic_write_json
+from mlx_plamo3.lora import ADAPTER_WEIGHTS, LoraConfig, lora_parameters, save_adapter
+from mlx_plamo3.model import Model
+
+CHECKPOINTS = "checkpoints"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "trainer_state.json"
+EVAL_FILE = "eval.json"
+STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or does not fit this run."""
+
+
+def checkpoint_root(adapter_dir: str | Path) -> Path:
+    return Path(adapter_dir) / CHECKPOINTS
+
+
+def checkpoint_path(adapter_dir: str | Path, step: int) -> Path:
+    return checkpoint_root(adapter_dir) / f"step-{step:06d}"
+
+
+def list_checkpoints(adapter_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (step, path), oldest first; staging leftovers are ignored."""
+    root = checkpoint_root(adapter_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = STEP_DIR.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(adapter_dir: str | Path) -> Path | None:
+    found = list_checkpoints(adapter_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(
+    adapter_dir: str | Path,
+    step: int,
+    model: Model,
+    lora_config: LoraConfig,
+    optimizer: optim.Optimizer,
+    adapter_metadata: dict[str, Any],
+    trainer_state: dict[str, Any],
+) -> Path:
+    """Write one checkpoint atomically (replacing one of the same step); returns its path."""
+    path = checkpoint_path(adapter_dir, step)
+    with atomic_directory(path, force=True) as staging:
+        save_adapter(model, staging, lora_config, adapter_metadata)
+        atomic_save_safetensors(
+            staging / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)), {"format": "mlx"}
+        )
+        # Written last: a directory without it is never taken for a checkpoint.
+        atomic_write_json(staging / STATE_FILE, {**trainer_state, "step": step})
+    return path
+
+
+def prune_checkpoints(adapter_dir: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints (keep 0: delete none); returns the deleted."""
+    if keep <= 0:
+        return []
+    found = list_checkpoints(adapter_dir)
+    doomed = [path for _, path in found[:-keep]]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    state_path = Path(path) / STATE_FILE
+    try:
+        return json.loads(state_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{state_path}: cannot read the trainer state: {exc}") from None
+
+
+def load_checkpoint(path: str | Path, model: Model, optimizer: optim.Optimizer) -> dict[str, Any]:
+    """Restore LoRA weights and optimizer state from a checkpoint; returns its trainer state.
+
+    Call before compiling anything that captures `optimizer.state`: the state dict is
+    replaced, and a compiled function would keep reading the old one."""
+    path = Path(path)
+    state = read_trainer_state(path)
+    weights = mx.load(str(path / ADAPTER_WEIGHTS))
+    wanted = {k: v.shape for k, v in lora_parameters(model).items()}
+    found = {k: v.shape for k, v in weights.items()}
+    if wanted != found:
+        missing, extra = sorted(set(wanted) - set(found)), sorted(set(found) - set(wanted))
+        raise CheckpointError(
+            f"{path}: adapter does not fit this model (missing {missing[:3]}, unexpected "
+            f"{extra[:3]}, or shapes differ; was it trained with other LoRA settings?)"
+        )
+    model.load_weights(list(weights.items()), strict=False)
+    flat = mx.load(str(path / OPTIMIZER_FILE))
+    optimizer.state = tree_unflatten(list(flat.items()))
+    mx.eval(model.parameters(), optimizer.state)
+    return state
