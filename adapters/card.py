@@ -129,8 +129,8 @@ def model_card(
     `document` is the MLX adapter config (with its training metadata), `peft_config` the
     exported adapter_config.json, `records` the eval records shipped in `eval/`, and
     `system_prompt_prefix` the instruction the tool list follows (default: the project's)."""
-    from adapters.peft import is_hub_id
     from data.prompt import SYSTEM_PROMPT_PREFIX
+    from mlx_plamo3.loading import is_hub_id
 
     base = peft_config["base_model_name_or_path"]
     revision = peft_config.get("revision")

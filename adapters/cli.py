@@ -194,7 +194,8 @@ def export_adapter(
     force: bool,
     repo_id: str | None,
 ) -> None:
-    from adapters.peft import base_model_of, export_peft, is_hub_id
+    from adapters.peft import base_model_of, export_peft
+    from mlx_plamo3.loading import is_hub_id
     from mlx_plamo3.lora import read_adapter_config
 
     _, document = read_adapter_config(adapter_dir)

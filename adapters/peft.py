@@ -13,13 +13,19 @@ Every check here raises `AdapterError` listing all problems at once, naming the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlx_plamo3.io import (
+    atomic_directory,
+    atomic_save_safetensors,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+)
 from mlx_plamo3.lora import (
     ADAPTER_WEIGHTS,
     AdapterError,
@@ -384,24 +390,6 @@ def peft_adapter_config(
     }
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def is_hub_id(name: str) -> bool:
-    """'org/name' and not an existing or path-like local directory."""
-    return (
-        name.count("/") == 1
-        and not name.startswith((".", "/", "~"))
-        and all(name.split("/"))
-        and not Path(name).exists()
-    )
-
-
 def base_model_of(document: Mapping[str, Any], override: str | None = None) -> str:
     """The base model id for the PEFT config: the override, else the MLX adapter's metadata,
     else PLaMo 3 2B."""
@@ -443,7 +431,6 @@ def write_peft_adapter(
 ) -> dict[str, Any]:
     """Write adapter_model.safetensors, adapter_config.json and the provenance file into an
     existing directory (the caller makes the directory atomic). Returns the provenance."""
-    from mlx_plamo3.io import atomic_save_safetensors, atomic_write_json
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     config, document, weights = load_mlx_adapter(adapter_dir)
@@ -483,7 +470,6 @@ def export_peft(
 
     from adapters.card import model_card
     from eval.records import RecordsError, load_records
-    from mlx_plamo3.io import atomic_directory, atomic_write_text
 
     try:
         records = [load_records(path) for path in results]

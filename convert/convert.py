@@ -91,6 +91,14 @@ def copy_support_files(source: Path, dest: Path) -> list[str]:
     return names
 
 
+def source_provenance(hf_path: str | Path, source: Path) -> dict[str, str]:
+    """Where the weights came from, so adapters trained on them can name their base. A Hub
+    snapshot directory is named after its commit."""
+    if Path(hf_path).exists():
+        return {"_name_or_path": str(hf_path)}
+    return {"_name_or_path": str(hf_path), "_commit_hash": source.name}
+
+
 def output_config(config: dict[str, Any], dtype: str, quantization: dict | None) -> dict:
     config = {**config, "torch_dtype": dtype}
     config.pop("quantization", None)
@@ -154,7 +162,11 @@ def convert_checkpoint(
             )
             copy_support_files(source, staging)
             (staging / "config.json").write_text(
-                json.dumps(output_config(config, dtype, quantization), indent=2) + "\n"
+                json.dumps(
+                    output_config(config, dtype, quantization) | source_provenance(hf_path, source),
+                    indent=2,
+                )
+                + "\n"
             )
     except OSError as exc:
         if exc.errno == errno.ENOSPC:

@@ -32,9 +32,9 @@ from data.recipes import (
     train_examples,
 )
 from data.schema import CALL, DEFERRED_CALL, Candidate, ParseError
-from data.sources import DEFAULT_SOURCE, Row, SourceInfo, open_source, parse_row, sha256_file
+from data.sources import DEFAULT_SOURCE, Row, SourceInfo, open_source, parse_row
 from data.store import AUDIT_FILE, EVAL_FILE, FRESH_EVAL_FILE, MANIFEST_FILE, TRAIN_FILE
-from mlx_plamo3.io import atomic_directory, atomic_write_json, atomic_write_text
+from mlx_plamo3.io import atomic_directory, atomic_write_json, atomic_write_text, file_sha256
 from mlx_plamo3.paths import artifact_dir
 
 SKIP_EXAMPLES = 3  # per reason, in the audit, so a skip can be traced to its row
@@ -299,7 +299,7 @@ def write_plan(plan: Plan, out: Path, force: bool = False) -> None:
             "require_frozen_eval": plan.config.require_frozen_eval,
         },
         "sources": [info.to_json() for info in plan.sources],
-        "frozen_eval": {"file": "data/frozen_eval.json", "sha256": sha256_file(FROZEN_EVAL_FILE)},
+        "frozen_eval": {"file": "data/frozen_eval.json", "sha256": file_sha256(FROZEN_EVAL_FILE)},
         "files": {
             name: {"rows": len(files[name]), "sha256": sha256_text(text)}
             for name, text in texts.items()

@@ -4,7 +4,6 @@ Each row's format (raw glaive or LLaMA-Factory sharegpt) is detected on its own.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 from data.glaive import parse_glaive_row
 from data.schema import Conversation, ParseError
 from data.sharegpt import parse_sharegpt_row
+from mlx_plamo3.io import file_sha256
 
 DEFAULT_SOURCE = "glaiveai/glaive-function-calling-v2"
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -50,14 +50,6 @@ class SourceInfo:
         if self.kind == "hub":
             out["revision"] = self.revision
         return out
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_row(row: Any) -> Conversation:
@@ -200,7 +192,7 @@ def open_source(spec: str, revision: str | None = None) -> tuple[SourceInfo, Ite
     """Provenance, a row iterator and the row count when known in advance (else -1)."""
     path = Path(spec).expanduser()
     if path.is_file():
-        info = SourceInfo(spec=spec, kind="file", sha256=sha256_file(path))
+        info = SourceInfo(spec=spec, kind="file", sha256=file_sha256(path))
         total = -1
         if path.suffix.lower() == ".parquet":
             import pyarrow.parquet as pq
@@ -223,4 +215,4 @@ def open_source(spec: str, revision: str | None = None) -> tuple[SourceInfo, Ite
 
 
 def _file_digests(root: Path, files: list[Path]) -> list[dict[str, str]]:
-    return [{"path": str(p.relative_to(root)), "sha256": sha256_file(p)} for p in files]
+    return [{"path": str(p.relative_to(root)), "sha256": file_sha256(p)} for p in files]

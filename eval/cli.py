@@ -209,7 +209,8 @@ def eval_command(
     from tqdm import tqdm
 
     from data import load_rows, resolve_dataset
-    from eval.harness import file_sha256, run_eval
+    from eval.harness import run_eval
+    from mlx_plamo3.io import file_sha256
     from mlx_plamo3.loading import load
     from mlx_plamo3.lora import load_adapter
     from mlx_plamo3.paths import artifact_dir

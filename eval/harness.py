@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from eval.scoring import summarize
@@ -47,10 +45,6 @@ def gold_of(row: dict[str, Any]) -> str:
 
 def cut_at_turn_end(text: str) -> str:
     return text.split(TURN_END, 1)[0]
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def run_eval(

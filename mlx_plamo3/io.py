@@ -3,6 +3,7 @@ that looks complete but is not."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -68,6 +69,15 @@ def atomic_directory(path: str | Path, force: bool = False) -> Iterator[Path]:
     os.replace(staging, path)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (datasets and weights can be large)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_save_safetensors(

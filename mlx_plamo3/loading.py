@@ -33,6 +33,16 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, truncated or does not match the model."""
 
 
+def is_hub_id(name: str) -> bool:
+    """'org/name' and not an existing or path-like local directory."""
+    return (
+        name.count("/") == 1
+        and not name.startswith((".", "/", "~"))
+        and all(name.split("/"))
+        and not Path(name).exists()
+    )
+
+
 def resolve_model_path(path_or_repo: str | Path, revision: str | None = None) -> Path:
     """A local directory as is; anything else is a Hugging Face Hub id to download."""
     path = Path(path_or_repo)
@@ -40,7 +50,7 @@ def resolve_model_path(path_or_repo: str | Path, revision: str | None = None) ->
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file; expected a checkpoint directory")
         return path
-    if str(path_or_repo).startswith((".", "/", "~")) or str(path_or_repo).count("/") != 1:
+    if not is_hub_id(str(path_or_repo)):
         raise CheckpointError(f"{path_or_repo}: no such directory (and not a Hub id 'org/name')")
     from huggingface_hub import snapshot_download
 

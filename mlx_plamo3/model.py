@@ -33,6 +33,7 @@ _BOOKKEEPING_KEYS = frozenset(
         "dtype",
         "transformers_version",
         "_name_or_path",
+        "_commit_hash",
         "use_cache",
         "attention_dropout",
         "hidden_act",

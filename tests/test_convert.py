@@ -85,7 +85,9 @@ def test_python_dash_m_convert_end_to_end(tiny_hf_dir, tmp_path):
         assert (out / name).read_bytes() == (tiny_hf_dir / name).read_bytes()
     # tokenizer_config.json is rewritten to point at the generated tokenizer.json.
     assert (out / "tokenizer.json").is_file()
-    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    written = json.loads((out / "config.json").read_text())
+    assert written["torch_dtype"] == "bfloat16"
+    assert written["_name_or_path"] == str(tiny_hf_dir)  # adapters name their base from it
 
 
 def test_sharded_input_converts_to_the_same_model(hf_copy, tiny_hf_dir, tmp_path):

@@ -226,12 +226,15 @@ def test_leakage_guard_runs_before_training(tiny_mlx_dir, tmp_path):
     assert not (tmp_path / "adapter").exists()
 
 
-def test_adapter_is_saved_in_mlx_form_with_provenance(tiny_mlx_dir, dataset, uninterrupted):
+def test_adapter_is_saved_in_mlx_form_with_provenance(
+    tiny_hf_dir, tiny_mlx_dir, dataset, uninterrupted
+):
     result, weights = uninterrupted
     document = json.loads((result.adapter_dir / "adapter_config.json").read_text())
     assert (document["r"], document["lora_alpha"], document["lora_dropout"]) == (4, 8.0, 0.1)
     assert document["target_modules"] == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
-    assert document["base_model_name_or_path"] == str(tiny_mlx_dir)
+    # The converter records the checkpoint it converted; the adapter names that as its base.
+    assert document["base_model_name_or_path"] == str(tiny_hf_dir)
     assert "base_model_revision" in document
     assert document["data_recipe"] == "test-recipe"
     expected_hash = hashlib.sha256((dataset / "train.jsonl").read_bytes()).hexdigest()

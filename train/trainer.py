@@ -11,7 +11,6 @@ correction) at the learning rate of a linear decay from `learning_rate` to `lr_e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -27,7 +26,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 from tqdm import tqdm
 
-from mlx_plamo3.io import atomic_write_json
+from mlx_plamo3.io import atomic_write_json, file_sha256
 from mlx_plamo3.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, save_adapter
 from mlx_plamo3.paths import artifact_dir, mlflow_uri
 from train.batches import Encoded, encode_rows, micro_batches, plan_steps
@@ -162,14 +161,6 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optim.AdamW:
         weight_decay=config.weight_decay,
         bias_correction=True,
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def data_recipe(data_dir: Path) -> str:
