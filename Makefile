@@ -26,7 +26,7 @@ test: lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) -m mlx_plamo3.demo
+	bash scripts/demo.sh
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache
