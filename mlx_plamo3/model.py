@@ -396,6 +396,26 @@ class Model(nn.Module):
         positions: [B, L] RoPE positions; by default real tokens count up from the cache's
         next position. segment_ids: [B, L] for packed rows; tokens only see their own segment.
         """
+        return self.logits(
+            self.hidden_states(inputs, cache, attention_mask, positions, segment_ids)
+        )
+
+    def logits(self, hidden: mx.array) -> mx.array:
+        """The output head on final hidden states (any leading shape)."""
+        if self.args.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(hidden)
+        return self.lm_head(hidden)
+
+    def hidden_states(
+        self,
+        inputs: mx.array,
+        cache: Plamo3Cache | None = None,
+        attention_mask: mx.array | None = None,
+        positions: mx.array | None = None,
+        segment_ids: mx.array | None = None,
+    ) -> mx.array:
+        """Final normed hidden states [B, L, hidden]; training applies the head only where
+        the loss needs it, sparing the [B, L, vocab] logits."""
         batch, length = inputs.shape
         valid = (
             mx.ones((batch, length), mx.bool_)
@@ -432,6 +452,4 @@ class Model(nn.Module):
             last = mx.max(mx.where(valid, positions, -1), axis=1)
             cache.next_positions = mx.maximum(cache.next_positions, last + 1)
             cache.trim_sliding()
-        if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
+        return h

@@ -125,6 +125,9 @@ class MicroBatch:
     segments: np.ndarray  # int32 example slot within the pass, PAD_SEGMENT on padding
     valid: np.ndarray  # bool, False on padding
     examples: list[int]  # train.jsonl rows, by segment id
+    # Flat indices (into rows x length) of the supervised targets, padded to few distinct
+    # lengths with an unsupervised slot: the output head runs only there.
+    scored: np.ndarray
 
     @property
     def n_tokens(self) -> int:
@@ -146,6 +149,7 @@ class MicroBatch:
             self.positions,
             self.segments,
             self.valid,
+            self.scored,
         )
 
 
@@ -212,5 +216,20 @@ def micro_batches(
                 valid[r, span] = True
                 members.append(example.row)
                 offset += example.slots
-        batches.append(MicroBatch(inputs, targets, weights, positions, segments, valid, members))
+        scored = scored_indices(weights, pad_multiple)
+        batches.append(
+            MicroBatch(inputs, targets, weights, positions, segments, valid, members, scored)
+        )
     return batches
+
+
+def scored_indices(weights: np.ndarray, pad_multiple: int) -> np.ndarray:
+    """Flat indices of the weighted targets, padded (when an unweighted slot exists to point
+    at) to a multiple of `pad_multiple` so the compiled step sees few shapes."""
+    flat = weights.reshape(-1)
+    chosen = np.flatnonzero(flat > 0)
+    unweighted = np.flatnonzero(flat == 0)
+    if unweighted.size == 0:
+        return chosen.astype(np.int32)
+    padding = round_up(max(chosen.size, 1), pad_multiple) - chosen.size
+    return np.concatenate([chosen, np.full(padding, unweighted[0])]).astype(np.int32)

@@ -50,15 +50,22 @@ def weighted_loss(
     positions: mx.array,
     segments: mx.array,
     valid: mx.array,
+    scored: mx.array,
 ) -> mx.array:
-    """This pass's share of the step loss: sum of weight x cross-entropy."""
-    logits = forward_logits(model, inputs, positions, segments, valid)
-    return (token_cross_entropy(logits, targets) * weights).sum()
+    """This pass's share of the step loss: sum of weight x cross-entropy over the scored
+    positions. The output head runs on those alone (about a tenth of a tool-calling example),
+    never building the full [rows, length, vocab] logits."""
+    hidden = model.hidden_states(
+        inputs, attention_mask=valid, positions=positions, segment_ids=segments
+    )
+    hidden = hidden.reshape(-1, hidden.shape[-1])[scored]
+    ce = token_cross_entropy(model.logits(hidden), targets.reshape(-1)[scored])
+    return (ce * weights.reshape(-1)[scored]).sum()
 
 
 def example_losses(model: nn.Module, batch: MicroBatch) -> dict[int, float]:
     """Mean supervised cross-entropy of each example of a packed pass, by train.jsonl row."""
-    inputs, targets, _, positions, segments, valid = (mx.array(a) for a in batch.arrays())
+    inputs, targets, _, positions, segments, valid, _ = (mx.array(a) for a in batch.arrays())
     logits = forward_logits(model, inputs, positions, segments, valid)
     ce = np.array(token_cross_entropy(logits, targets))
     supervised = batch.weights > 0

@@ -379,9 +379,11 @@ class Trainer:
     def _compile(self) -> None:
         model, optimizer, keys, cfg = self.model, self.optimizer, self.forward_keys, self.config
 
-        def pass_loss(inputs, targets, weights, positions, segments, valid, key):
+        def pass_loss(inputs, targets, weights, positions, segments, valid, scored, key):
             keys.set(key)
-            return weighted_loss(model, inputs, targets, weights, positions, segments, valid)
+            return weighted_loss(
+                model, inputs, targets, weights, positions, segments, valid, scored
+            )
 
         def apply_update(grads):
             if cfg.max_grad_norm > 0:

@@ -1,0 +1,210 @@
+"""The 52-case tool-calling eval: batched with prefix reuse vs one question at a time.
+
+Run from the repository root:
+    python -m benchmarks.bench_eval [--repeats 3] [--model DIR] [--batch-size 8]
+
+Rows: the v2 eval built by the data package (`mlx-plamo data build --recipe v2 --source
+data/samples/llamafactory_glaive_toolcall_en_demo.json`, into the work directory; not timed):
+40 call + 12 no-call questions, each with the seed's system prompt and its tool list.
+
+Model: the tiny random test checkpoint (convert/tiny.py) by default, or --model (any converted
+or HF-layout PLaMo 3 directory). A random model rarely emits its stop token, so nearly every
+question decodes all 160 new tokens: the worst case for both competitors.
+
+Competitors, in one process on the same model and rows, rotating which goes first:
+- batched: `eval.harness.run_eval(..., batch_size=8, share_prefix=True)` (prompts sorted so
+  that questions with the same tool list share a batch; their common prefix is run once).
+- sequential: `run_eval(..., batch_size=1, share_prefix=False)`, one question at a time with
+  no reuse, as the seed's eval loop ran.
+- batched, no reuse (a third mode, to separate the two effects; --no-third-mode skips it).
+All decode greedily with 160 new tokens; the predictions must be identical, and are checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    REPO_ROOT,
+    WorkDir,
+    add_common_args,
+    blas_note,
+    median,
+    mlx_device,
+    print_table,
+    ratio,
+    summary,
+    write_report,
+)
+
+NAME = "bench_eval"
+SAMPLE_SOURCE = REPO_ROOT / "data" / "samples" / "llamafactory_glaive_toolcall_en_demo.json"
+
+
+def build_eval_rows(out_dir: Path, source: Path) -> list[dict[str, Any]]:
+    """The v2 eval rows from the data package's build command (a child process)."""
+    command = [
+        sys.executable,
+        "-m",
+        "mlx_plamo3.cli",
+        "data",
+        "build",
+        "--recipe",
+        "v2",
+        "--source",
+        str(source),
+        "--out",
+        str(out_dir),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, env=None, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"data build failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    rows = [json.loads(line) for line in (out_dir / "eval.jsonl").read_text().splitlines() if line]
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser, NAME, repeats=3)
+    parser.add_argument("--model", type=Path, help="model directory [default: tiny random]")
+    parser.add_argument("--eval-file", type=Path, help="an eval.jsonl to use instead of building")
+    parser.add_argument("--source", type=Path, default=SAMPLE_SOURCE, help="glaive rows to build")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--fewshot", action="store_true", help="the seed's 2-shot prompt")
+    parser.add_argument(
+        "--no-third-mode", action="store_true", help="skip 'batched, no reuse' (prefix effect)"
+    )
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+
+    from convert.tiny import write_tiny_checkpoint
+    from eval.harness import run_eval
+    from mlx_plamo3.loading import load
+
+    with WorkDir(args.work_dir, "bench_eval_") as work:
+        if args.eval_file is not None:
+            rows = [json.loads(x) for x in args.eval_file.read_text().splitlines() if x]
+            rows_source = str(args.eval_file)
+        else:
+            rows = build_eval_rows(work / "data", args.source)
+            rows_source = f"mlx-plamo data build --recipe v2 --source {args.source}"
+        kinds = {k: sum(r["kind"] == k for r in rows) for k in ("call", "nocall")}
+        print(f"{len(rows)} eval rows ({kinds}) from {rows_source}")
+        model_dir = args.model
+        if model_dir is None:
+            model_dir = write_tiny_checkpoint(work / "tiny", seed=0, force=True)
+        model, tokenizer = load(model_dir)
+
+    competitors = {
+        "batched + prefix reuse": {"batch_size": args.batch_size, "share_prefix": True},
+        "sequential, no reuse": {"batch_size": 1, "share_prefix": False},
+        "batched, no reuse": {"batch_size": args.batch_size, "share_prefix": False},
+    }
+    names = list(competitors)
+    if args.no_third_mode:
+        names = names[:2]
+
+    def run(name: str) -> dict[str, Any]:
+        return run_eval(
+            model,
+            tokenizer,
+            rows,
+            condition=f"bench-{name}",
+            fewshot=args.fewshot,
+            max_new_tokens=args.max_new_tokens,
+            **competitors[name],
+        )
+
+    for name in names:  # warm-up: kernels and caches, untimed, on a few rows
+        run_eval(model, tokenizer, rows[:4], "warmup", max_new_tokens=8, **competitors[name])
+    times: dict[str, list[float]] = {n: [] for n in names}
+    predictions: dict[str, list[list[str]]] = {n: [] for n in names}
+    summaries: dict[str, Any] = {}
+    for repeat in range(args.repeats):
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            records = run(name)
+            times[name].append(time.perf_counter() - start)
+            predictions[name].append([r["pred"] for r in records["rows"]])
+            summaries[name] = records["summary"]
+            print(f"repeat {repeat} {name}: {times[name][-1]:.2f} s", flush=True)
+
+    reference = predictions[names[0]][0]
+    identical = all(p == reference for n in names for p in predictions[n])
+    differing = [
+        i
+        for i in range(len(reference))
+        if any(p[i] != reference[i] for n in names for p in predictions[n])
+    ]
+    generated = [len(tokenizer.encode(p)) for p in reference]
+    print(
+        f"predictions identical across competitors and repeats: {identical}"
+        + ("" if identical else f" (questions differing: {differing[:10]})")
+    )
+    base = median(times[names[1]])
+    rows_out = []
+    for name in names:
+        t = median(times[name])
+        rows_out.append(
+            [name, len(times[name]), t, t / len(rows) * 1000, ratio(base, t), sum(generated) / t]
+        )
+    print()
+    print_table(
+        ["mode", "runs", "median s", "ms/question", "speed-up vs sequential", "≈ new tok/s"],
+        rows_out,
+        title=f"The {len(rows)}-question eval on {mlx_device()} ({blas_note()}), model "
+        f"{'tiny random' if args.model is None else args.model}, {args.max_new_tokens} new "
+        f"tokens max; predictions identical: {'yes' if identical else 'NO'}",
+    )
+    write_report(
+        args.out,
+        NAME,
+        {
+            "model": str(args.model or "tiny random (convert/tiny.py, seed 0)"),
+            "rows": rows_source,
+            "row_kinds": kinds,
+            "batch_size": args.batch_size,
+            "max_new_tokens": args.max_new_tokens,
+            "fewshot": args.fewshot,
+            "repeats": args.repeats,
+            "device": mlx_device(),
+            "blas": blas_note(),
+        },
+        {
+            "modes": {
+                name: {**competitors[name], "seconds": summary(times[name])} for name in names
+            },
+            "speedup_batched_vs_sequential": ratio(base, median(times[names[0]])),
+            "predictions_identical": identical,
+            "differing_questions": differing,
+            "generated_tokens_total": sum(generated),
+            "scores_batched": summaries[names[0]],
+        },
+        [
+            "generated token counts re-encode the decoded predictions (approximate)",
+            "the same model object serves both modes; modes alternate order per repeat",
+        ],
+        started,
+    )
+    if not identical:
+        print("error: the two modes predicted differently", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,317 @@
+"""Peak memory of one LoRA training step at the full 2.6B shape: bf16 base vs 4-bit base.
+
+Run from the repository root (defaults: the full shape, 24 layers, a 768-token example):
+    python -m benchmarks.bench_memory [--bases bf16,4bit] [--layers 24] [--seq-len 768]
+
+Each case runs in its own child process, so its peak resident memory is its own. A case:
+1. builds the model at the real 2B width (benchmarks/common.py) with random weights directly
+   in memory, layer by layer: bf16, or 4-bit (group 64, linear layers and the tied embedding,
+   as `python -m convert --quantize` writes them);
+2. applies LoRA with the training recipe (r 16, alpha 32, dropout 0.05, all linear layers) and
+   the trainer's training layers (keyed dropout; gradient checkpointing if --grad-checkpoint);
+3. runs --steps optimizer steps on one example of --seq-len tokens whose last --supervised
+   tokens are supervised, with the trainer's own pieces: `train.batches.micro_batches` (the
+   padding and packing of a step), `train.loss.weighted_loss` in `nn.value_and_grad`,
+   compiled like the trainer, gradient clipping and `train.trainer.make_optimizer` (AdamW).
+Measured: MLX's peak allocated memory (`mx.get_peak_memory`, the number that matters for the
+GPU on Apple silicon), the process's peak RSS, the weights' memory, and the seconds each phase
+took. Slow on a CPU: the MLX CPU backend runs bf16 at a few GFLOP/s and 4-bit matmuls at well
+under one, so --layers and --seq-len shrink a case to what fits; the table says what ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (
+    add_common_args,
+    blas_note,
+    emit_result,
+    gib,
+    lora_param_count,
+    mlx_device,
+    own_peak_rss_bytes,
+    param_count,
+    parse_result_line,
+    print_table,
+    python_command,
+    real_config,
+    reset_own_peak_rss,
+    run_child,
+    write_report,
+)
+
+NAME = "bench_memory"
+BASES = ("bf16", "4bit")
+Q_GROUP, Q_BITS = 64, 4
+
+
+def build_model(config: dict[str, Any], base: str, seed: int = 0):
+    """The model with random weights, materialized one layer at a time (bounded peak)."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from mlx_plamo3.model import Model, ModelArgs
+
+    mx.random.seed(seed)
+    model = Model(ModelArgs.from_dict(config))  # lazy: nothing is computed yet
+    model.set_dtype(mx.bfloat16)
+    if base == "4bit":
+
+        def quantizable(path: str, module: nn.Module) -> bool:
+            return (
+                isinstance(module, (nn.Linear, nn.Embedding))
+                and module.weight.shape[-1] % Q_GROUP == 0
+            )
+
+        nn.quantize(model, group_size=Q_GROUP, bits=Q_BITS, class_predicate=quantizable)
+    for layer in model.layers:
+        mx.eval(layer.parameters())
+    mx.eval(model.parameters())
+    return model
+
+
+def synthetic_example(seq_len: int, supervised: int, vocab: int, seed: int = 0):
+    """One example of seq_len inputs (seq_len + 1 ids) whose last `supervised` targets count."""
+    import numpy as np
+
+    from train.batches import Example
+
+    rng = np.random.default_rng(seed)
+    ids = tuple(int(i) for i in rng.integers(4, vocab, seq_len + 1))
+    mask = tuple([False] * (seq_len + 1 - supervised) + [True] * supervised)
+    return Example(row=0, ids=ids, mask=mask)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One case, in this process; prints its measurements as a BENCH_RESULT line."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+    from mlx.utils import tree_flatten, tree_map
+
+    from mlx_plamo3.lora import LoraConfig, apply_lora
+    from train.batches import micro_batches
+    from train.config import TrainConfig
+    from train.layers import pass_key, prepare_for_training
+    from train.loss import weighted_loss
+    from train.trainer import make_optimizer
+
+    config = real_config(args.layers)
+    cfg = TrainConfig(
+        grad_checkpoint=args.grad_checkpoint, compile=not args.no_compile, max_length=768
+    )
+    started = time.perf_counter()
+    model = build_model(config, args.worker)
+    build_seconds = time.perf_counter() - started
+    weights_bytes = int(mx.get_active_memory())
+
+    mx.random.seed(cfg.seed)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+    apply_lora(model, lora)
+    keys = prepare_for_training(model, cfg.lora_dropout, cfg.grad_checkpoint)
+    model.train()
+    optimizer = make_optimizer(cfg, args.steps)
+    optimizer.init(model.trainable_parameters())
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+
+    def pass_loss(inputs, targets, weights, positions, segments, valid, scored, key):
+        keys.set(key)
+        return weighted_loss(model, inputs, targets, weights, positions, segments, valid, scored)
+
+    def apply_update(grads):
+        grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+        optimizer.update(model, grads)
+
+    loss_and_grad = nn.value_and_grad(model, pass_loss)
+    if cfg.compile:
+        loss_and_grad = mx.compile(loss_and_grad, inputs=model.state, outputs=model.state)
+        both = [model.state, optimizer.state]
+        apply_update = mx.compile(apply_update, inputs=both, outputs=both)
+
+    example = synthetic_example(args.seq_len, args.supervised, config["vocab_size"])
+    batches = micro_batches(
+        [example],
+        pack_length=max(cfg.max_length, args.seq_len),
+        max_batch_tokens=max(cfg.max_batch_tokens, args.seq_len),
+        pad_multiple=cfg.pad_multiple if args.seq_len >= cfg.pad_multiple else 1,
+        packing=cfg.packing,
+    )
+    mx.clear_cache()  # give building's freed buffers back, so RSS shows the steps
+    rss_reset = reset_own_peak_rss()
+    mx.reset_peak_memory()
+    step_seconds, losses = [], []
+    for step in range(args.steps):
+        start = time.perf_counter()
+        grads = None
+        for index, batch in enumerate(batches):
+            arrays = [mx.array(a) for a in batch.arrays()]
+            loss, pass_grads = loss_and_grad(*arrays, pass_key(cfg.seed, step, index))
+            grads = pass_grads if grads is None else tree_map(mx.add, grads, pass_grads)
+            mx.eval(loss, grads)
+        apply_update(grads)
+        mx.eval(model.trainable_parameters(), optimizer.state)
+        step_seconds.append(time.perf_counter() - start)
+        losses.append(float(loss.item()))
+        print(f"step {step + 1}: {step_seconds[-1]:.1f} s, loss {losses[-1]:.3f}", flush=True)
+    emit_result(
+        {
+            "base": args.worker,
+            "layers": config["num_hidden_layers"],
+            "seq_len": args.seq_len,
+            "row_width": int(batches[0].inputs.shape[1]),
+            "supervised": args.supervised,
+            "params": param_count(config)["total"],
+            "trainable": int(trainable),
+            "build_seconds": build_seconds,
+            "weights_bytes": weights_bytes,
+            "peak_bytes": int(mx.get_peak_memory()),
+            "steps_peak_rss_bytes": own_peak_rss_bytes() if rss_reset else None,
+            "step_seconds": step_seconds,
+            "losses": losses,
+            "grad_checkpoint": cfg.grad_checkpoint,
+            "compile": cfg.compile,
+            "device": mlx_device(),
+        }
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser, NAME, repeats=1)
+    parser.add_argument("--bases", default="bf16,4bit", help="comma-separated: bf16, 4bit")
+    parser.add_argument("--layers", type=int, default=24, help="decoder layers (real: 24)")
+    parser.add_argument("--seq-len", type=int, default=768, help="example length in tokens")
+    parser.add_argument(
+        "--layers-4bit", type=int, default=None, help="layers of the 4-bit case [--layers]"
+    )
+    parser.add_argument(
+        "--seq-len-4bit", type=int, default=None, help="length of the 4-bit case [--seq-len]"
+    )
+    parser.add_argument("--supervised", type=int, default=48, help="supervised target tokens")
+    parser.add_argument("--steps", type=int, default=2, help="optimizer steps per case")
+    parser.add_argument("--grad-checkpoint", action="store_true", help="recompute activations")
+    parser.add_argument("--no-compile", action="store_true", help="do not mx.compile the step")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+    parser.add_argument("--worker", choices=BASES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    started = time.perf_counter()
+    cases = []
+    for base in args.bases.split(","):
+        if base not in BASES:
+            raise SystemExit(f"unknown base {base!r}; choose from {BASES}")
+        layers = args.layers_4bit if base == "4bit" and args.layers_4bit else args.layers
+        seq_len = args.seq_len_4bit if base == "4bit" and args.seq_len_4bit else args.seq_len
+        command = python_command(
+            "-m",
+            "benchmarks.bench_memory",
+            "--worker",
+            base,
+            "--layers",
+            str(layers),
+            "--seq-len",
+            str(seq_len),
+            "--supervised",
+            str(min(args.supervised, seq_len - 1)),
+            "--steps",
+            str(args.steps),
+        )
+        if args.grad_checkpoint:
+            command.append("--grad-checkpoint")
+        if args.no_compile:
+            command.append("--no-compile")
+        print(f"running {base}: layers {layers}, seq {seq_len} ...", flush=True)
+        child = run_child(command, timeout=args.timeout)
+        if child.returncode != 0:
+            print(child.output[-4000:])
+            raise SystemExit(f"case {base} failed (exit {child.returncode})")
+        result = parse_result_line(child.output)
+        result["process_seconds"] = child.seconds
+        result["peak_rss_bytes"] = child.peak_rss_bytes
+        cases.append(result)
+        print(json.dumps({k: v for k, v in result.items() if k != "losses"}), flush=True)
+
+    rows = []
+    for case in cases:
+        config = real_config(case["layers"])
+        rows.append(
+            [
+                case["base"],
+                case["layers"],
+                case["seq_len"],
+                f"{case['params'] / 1e9:.2f}B",
+                gib(case["weights_bytes"]),
+                gib(case["peak_bytes"]),
+                gib(case["steps_peak_rss_bytes"]),
+                gib(case["peak_rss_bytes"]),
+                case["build_seconds"],
+                case["step_seconds"][0],
+                case["step_seconds"][-1],
+                case["process_seconds"],
+            ]
+        )
+        assert case["trainable"] == lora_param_count(config), "LoRA parameter count mismatch"
+    print()
+    print_table(
+        [
+            "base",
+            "layers",
+            "seq",
+            "params",
+            "weights GiB",
+            "MLX peak GiB",
+            "RSS steps GiB",
+            "RSS process GiB",
+            "build s",
+            "step 1 s",
+            f"step {args.steps} s",
+            "case s",
+        ],
+        rows,
+        title=f"One LoRA training step at the 2B width on {mlx_device()} ({blas_note()}; "
+        f"r 16, all linear, grad checkpoint {'on' if args.grad_checkpoint else 'off'}, "
+        f"compiled {'no' if args.no_compile else 'yes'})",
+    )
+    write_report(
+        args.out,
+        NAME,
+        {
+            "bases": args.bases,
+            "layers": args.layers,
+            "seq_len": args.seq_len,
+            "layers_4bit": args.layers_4bit,
+            "seq_len_4bit": args.seq_len_4bit,
+            "supervised": args.supervised,
+            "steps": args.steps,
+            "grad_checkpoint": args.grad_checkpoint,
+            "compile": not args.no_compile,
+            "device": mlx_device(),
+            "blas": blas_note(),
+        },
+        {"cases": cases},
+        [
+            "MLX peak = mx.get_peak_memory() over the training steps (after the model was "
+            "built); weights = mx.get_active_memory() right after building",
+            "RSS process = the case process's peak RSS (VmHWM on Linux, else maxrss), building "
+            "included; RSS steps = VmHWM reset after building (Linux only), so the steps alone",
+            "step 1 includes tracing and compiling the step",
+        ],
+        started,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

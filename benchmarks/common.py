@@ -1,0 +1,530 @@
+"""Shared helpers for the benchmarks: the real 2B shapes, timing with medians, peak memory of
+child processes, machine facts, table printing and JSON output.
+
+Every benchmark prints a table and writes a JSON document with the same top-level layout:
+`{"benchmark", "command", "machine", "settings", "results", "notes", "wall_seconds"}`.
+Numbers are medians over repeats; the raw per-repeat values are kept in the JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REPORT_DIR = Path("artifacts") / "reports"
+
+# --------------------------------------------------------------------------------------------
+# The real pfnet/plamo-3-nict-2b-base shapes: the one place the benchmarks take them from.
+#
+# Public sources read with the search tools (no checkpoint was downloaded):
+#   [llama.cpp]  ggml-org/llama.cpp, `llama_model_plamo3::load_arch_hparams`
+#                (src/models/plamo3.cpp): 24 layers is the only layer count mapped to "2B";
+#                sliding-window pattern read from the GGUF, default period 8.
+#   [openvino]   Intel's OpenVINO PLaMo-3 sample for pfnet/plamo-3-nict-2b-base (README.md and
+#                convert_to_ov.py): a KV cache of 24 layers shaped [1, 4 KV heads, seq,
+#                head_dim 128]; max_position_embeddings 4096, window_size 2048.
+#   [vllm/sglang] Plamo3Config of the family (vLLM plugin, SGLang): tied embeddings, rms eps
+#                1e-6, rope_theta 1e6, rope_local_theta 1e4, sliding_window_pattern 8.
+# Values no public source pinned for the 2B checkpoint are marked ASSUMED below; they were
+# chosen so that, with the confirmed values, the parameter count is the published ~2.6B
+# (the seed study and the LoRA model card say 2.6B; Hugging Face rounds it to "3B"; the
+# llama.cpp Q4_K_M file is 1,574 MB, i.e. ~2.6B weights at ~4.9 bits).
+# --------------------------------------------------------------------------------------------
+REAL_2B_CONFIG: dict[str, Any] = {
+    "architectures": ["Plamo3ForCausalLM"],
+    "model_type": "plamo3",
+    "num_hidden_layers": 24,  # [llama.cpp] + [openvino]
+    "num_key_value_heads": 4,  # [openvino]
+    "head_dim": 128,  # [openvino]
+    "window_size": 2048,  # [openvino]
+    "max_position_embeddings": 4096,  # [openvino]
+    "sliding_window_pattern": 8,  # [llama.cpp] default period + [vllm/sglang]
+    "hidden_size": 3072,  # ASSUMED
+    "num_attention_heads": 24,  # ASSUMED (24 x 128 = hidden_size)
+    "intermediate_size": 8192,  # ASSUMED
+    "vocab_size": 100_000,  # ASSUMED (PLaMo 2's vocabulary is 100,032 in llama.cpp's logs)
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+    "rope_theta": 1_000_000.0,
+    "rope_local_theta": 10_000.0,
+    "rope_scaling_factor": 1.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 3,
+    "torch_dtype": "bfloat16",
+}
+REAL_2B_CONFIRMED = (
+    "num_hidden_layers",
+    "num_key_value_heads",
+    "head_dim",
+    "window_size",
+    "max_position_embeddings",
+    "sliding_window_pattern",
+)
+REAL_2B_SOURCES = {
+    "llama.cpp": "ggml-org/llama.cpp src/models/plamo3.cpp, llama_model_plamo3::load_arch_hparams"
+    " (24 layers -> LLM_TYPE_2B)",
+    "openvino": "Intel OpenVINO PLaMo-3 sample for pfnet/plamo-3-nict-2b-base, README.md and "
+    "convert_to_ov.py (24 layers, 4 KV heads, head_dim 128, window 2048, context 4096)",
+}
+
+
+def real_config(layers: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """The real 2B config, optionally with fewer layers (same width) or other overrides."""
+    config = dict(REAL_2B_CONFIG)
+    if layers is not None:
+        config["num_hidden_layers"] = layers
+    config.update(overrides)
+    return config
+
+
+def param_count(config: dict[str, Any]) -> dict[str, int]:
+    """Parameters of a PLaMo 3 config by part (tied embeddings counted once)."""
+    hidden, inter, head_dim = config["hidden_size"], config["intermediate_size"], config["head_dim"]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    qkv = hidden * (heads + 2 * kv_heads) * head_dim
+    o_proj = heads * head_dim * hidden
+    mlp = hidden * 2 * inter + inter * hidden
+    norms = 4 * hidden + 2 * head_dim
+    per_layer = qkv + o_proj + mlp + norms
+    embed = config["vocab_size"] * hidden
+    lm_head = 0 if config.get("tie_word_embeddings", True) else embed
+    total = embed + lm_head + config["num_hidden_layers"] * per_layer + hidden
+    return {"embedding": embed, "per_layer": per_layer, "lm_head": lm_head, "total": total}
+
+
+def lora_param_count(config: dict[str, Any], r: int = 16) -> int:
+    """LoRA parameters with rank r on all four linear layers of every layer."""
+    hidden, inter, head_dim = config["hidden_size"], config["intermediate_size"], config["head_dim"]
+    q_dim = config["num_attention_heads"] * head_dim
+    kv_dim = config["num_key_value_heads"] * head_dim
+    shapes = [
+        (hidden, q_dim + 2 * kv_dim),
+        (q_dim, hidden),
+        (hidden, 2 * inter),
+        (inter, hidden),
+    ]
+    return config["num_hidden_layers"] * sum(r * (i + o) for i, o in shapes)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def summary(values: Sequence[float]) -> dict[str, Any]:
+    """Median, min, max and the raw values (seconds, bytes, whatever was measured)."""
+    values = [float(v) for v in values]
+    return {
+        "median": median(values),
+        "min": min(values) if values else None,
+        "max": max(values) if values else None,
+        "values": values,
+    }
+
+
+def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall seconds of `repeats` calls of fn after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Child processes: wall time and peak resident memory
+# --------------------------------------------------------------------------------------------
+
+
+def _maxrss_bytes(ru_maxrss: int) -> int:
+    # Linux reports kilobytes, macOS bytes.
+    return int(ru_maxrss) if sys.platform == "darwin" else int(ru_maxrss) * 1024
+
+
+@dataclass
+class ChildResult:
+    command: list[str]
+    returncode: int
+    seconds: float
+    # The child's own peak RSS: its VmHWM polled from /proc on Linux (wait4's maxrss there
+    # also counts the parent's memory at fork time), else wait4's maxrss (macOS).
+    peak_rss_bytes: int
+    peak_tree_rss_bytes: int  # max over time of the summed RSS of the child and its children
+    output: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _vm_hwm_bytes(pid: int) -> int | None:
+    """The kernel's high-water mark of a process's resident memory (Linux /proc), in bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _poll_memory(pid: int, stop: threading.Event, peaks: dict[str, int], interval: float) -> None:
+    """Track the child's VmHWM (Linux) and the summed RSS of its process tree (psutil)."""
+    try:
+        import psutil
+
+        root = psutil.Process(pid)
+    except (ImportError, Exception):
+        root = None
+    while not stop.is_set():
+        hwm = _vm_hwm_bytes(pid)
+        if hwm is not None:
+            peaks["hwm"] = max(peaks["hwm"], hwm)
+        if root is not None:
+            total = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except Exception:
+                procs = []
+            for proc in procs:
+                with contextlib.suppress(Exception):
+                    total += proc.memory_info().rss
+            peaks["tree"] = max(peaks["tree"], total)
+        stop.wait(interval)
+
+
+def run_child(
+    command: Sequence[str],
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float | None = None,
+    poll_interval: float = 0.05,
+) -> ChildResult:
+    """Run a command to completion; its wall time and peak RSS (VmHWM or wait4, and psutil).
+
+    stdout and stderr are captured to a temporary file (not a pipe, so a chatty child cannot
+    block) and returned as text."""
+    import tempfile
+
+    full_env = {**os.environ, **(env or {})}
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            list(command), cwd=cwd or REPO_ROOT, env=full_env, stdout=log, stderr=log
+        )
+        stop, peaks = threading.Event(), {"hwm": 0, "tree": 0}
+        poller = threading.Thread(
+            target=_poll_memory, args=(proc.pid, stop, peaks, poll_interval), daemon=True
+        )
+        poller.start()
+        deadline = None if timeout is None else start + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid == proc.pid:
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.01)
+        seconds = time.perf_counter() - start
+        stop.set()
+        poller.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        output = log.read().decode("utf-8", "replace")
+    return ChildResult(
+        command=list(command),
+        returncode=proc.returncode,
+        seconds=seconds,
+        peak_rss_bytes=peaks["hwm"] or _maxrss_bytes(usage.ru_maxrss),
+        peak_tree_rss_bytes=peaks["tree"],
+        output=output,
+    )
+
+
+def python_command(*args: str) -> list[str]:
+    """`python <args>` with this interpreter."""
+    return [sys.executable, *args]
+
+
+def parse_result_line(output: str, tag: str = "BENCH_RESULT") -> dict[str, Any]:
+    """The JSON a worker child printed on a line starting with `tag`."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(tag + " "):
+            return json.loads(line[len(tag) + 1 :])
+    raise RuntimeError(f"the child printed no {tag} line; its output ends with:\n{output[-3000:]}")
+
+
+def emit_result(doc: dict[str, Any], tag: str = "BENCH_RESULT") -> None:
+    """What a worker child prints for its parent (one line of JSON)."""
+    print(f"{tag} {json.dumps(doc)}", flush=True)
+
+
+def own_peak_rss_bytes() -> int:
+    """This process's peak RSS: VmHWM on Linux (resettable), else getrusage's maxrss."""
+    hwm = _vm_hwm_bytes(os.getpid())
+    if hwm is not None:
+        return hwm
+    import resource
+
+    return _maxrss_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def reset_own_peak_rss() -> bool:
+    """Restart this process's RSS high-water mark (Linux: clear_refs 5); False if unsupported."""
+    try:
+        Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Devices and machine facts
+# --------------------------------------------------------------------------------------------
+
+
+def mlx_device() -> str:
+    """MLX's default device (Metal GPU on Apple silicon, CUDA where built, else CPU)."""
+    import mlx.core as mx
+
+    return str(mx.default_device())
+
+
+def mlx_on_gpu() -> bool:
+    import mlx.core as mx
+
+    return mx.default_device().type == mx.DeviceType.gpu
+
+
+def torch_device() -> str:
+    """cuda, then mps, then cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def mlx_peak_memory() -> int:
+    import mlx.core as mx
+
+    return int(mx.get_peak_memory())
+
+
+def mlx_reset_peak_memory() -> None:
+    import mlx.core as mx
+
+    mx.reset_peak_memory()
+
+
+def _cpu_model() -> str:
+    if sys.platform == "darwin":
+        try:
+            return subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _total_ram_bytes() -> int | None:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What a reader needs to compare numbers across machines."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "ram_bytes": _total_ram_bytes(),
+        "python": platform.python_version(),
+        "mlx": _version("mlx"),
+        "mlx_lm": _version("mlx-lm"),
+        "torch": _version("torch"),
+        "transformers": _version("transformers"),
+        "peft": _version("peft"),
+        "ld_preload": os.environ.get("LD_PRELOAD", ""),
+    }
+    try:
+        info["mlx_device"] = mlx_device()
+    except ImportError:
+        info["mlx_device"] = None
+    return info
+
+
+def blas_note() -> str:
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "openblas" in preload.lower():
+        return "OpenBLAS preloaded (LD_PRELOAD)"
+    return "default BLAS of the mlx wheel"
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def gib(nbytes: float | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**30:.2f}"
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "-"
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> str:
+    """A Markdown table on stdout (and returned), so it pastes into BENCHMARKS.md as is."""
+    cells = [[fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = []
+    if title:
+        lines += [title, ""]
+    lines.append("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        lines.append("| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def command_line() -> str:
+    """How this process was started (with `-m module` when it was), for the report."""
+    argv = list(getattr(sys, "orig_argv", [])) or [sys.executable, *sys.argv]
+    argv[0] = Path(argv[0]).name
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def write_report(
+    out: Path | None,
+    name: str,
+    settings: dict[str, Any],
+    results: Any,
+    notes: Sequence[str] = (),
+    started: float | None = None,
+) -> Path:
+    """Write the benchmark's JSON document (default artifacts/reports/<name>.json)."""
+    from mlx_plamo3.io import atomic_write_json
+
+    path = out or DEFAULT_REPORT_DIR / f"{name}.json"
+    doc = {
+        "benchmark": name,
+        "command": command_line(),
+        "machine": machine_info(),
+        "settings": settings,
+        "results": results,
+        "notes": list(notes),
+        "wall_seconds": None if started is None else time.perf_counter() - started,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    atomic_write_json(path, doc)
+    print(f"wrote {path}", flush=True)
+    return path
+
+
+def add_common_args(parser, name: str, repeats: int) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON results file [default: {DEFAULT_REPORT_DIR / (name + '.json')}]",
+    )
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats per case")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="where big inputs go (kept); default a temporary directory, removed at the end",
+    )
+
+
+class WorkDir:
+    """`--work-dir` if given (kept), else a temporary directory removed on exit."""
+
+    def __init__(self, path: Path | None, prefix: str):
+        self.given = path
+        self.prefix = prefix
+        self._tmp = None
+
+    def __enter__(self) -> Path:
+        if self.given is not None:
+            self.given.mkdir(parents=True, exist_ok=True)
+            return self.given
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix=self.prefix)
+        return Path(self._tmp.name)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def ensure_repo_on_path() -> None:
+    """Make the repository's packages importable when a benchmark runs as a plain script."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
