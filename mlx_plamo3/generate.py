@@ -180,6 +180,13 @@ class TextStreamer:
         self.write(text[self.printed :])
         self.printed = len(text)
 
+    def finish(self) -> None:
+        """Print what was held back: at the end an incomplete character will not complete."""
+        text = self.decode(self.tokens)
+        if len(text) > self.printed:
+            self.write(text[self.printed :])
+            self.printed = len(text)
+
 
 @click.command(name="generate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model", "model_path", required=True, help="MLX or Hugging Face model directory.")
@@ -242,6 +249,7 @@ def generate_command(
         )
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
+    streamer.finish()
     sys.stdout.write("\n")
 
 

@@ -89,3 +89,62 @@ def test_streamer_holds_back_incomplete_characters():
     for token in (1, 2, 3):
         streamer(0, token)
     assert written == ["caf", "é!"]
+    streamer(0, 2)  # a dangling lead byte at the very end is still shown, as U+FFFD
+    streamer.finish()
+    assert written == ["caf", "é!", "\ufffd"]
+
+
+def test_generate_cli_streams_the_reply(tiny_mlx_dir, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from mlx_plamo3 import load
+    from mlx_plamo3.cli import main as cli_main
+
+    model, tokenizer = load(tiny_mlx_dir)
+    messages = [{"role": "user", "content": "What is the weather in Tokyo?"}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    expected = generate(
+        model,
+        [ids],
+        {2, tokenizer.convert_tokens_to_ids("<|plamo:tag|>")},
+        SamplingConfig(max_new_tokens=12),
+    )[0]
+    (tmp_path / "chat.json").write_text(json.dumps(messages))
+    runner = CliRunner()
+    by_prompt = runner.invoke(
+        cli_main,
+        [
+            "generate",
+            "--model",
+            str(tiny_mlx_dir),
+            "--prompt",
+            messages[0]["content"],
+            "--max-new-tokens",
+            "12",
+        ],
+    )
+    by_file = runner.invoke(
+        cli_main,
+        [
+            "generate",
+            "--model",
+            str(tiny_mlx_dir),
+            "--messages",
+            str(tmp_path / "chat.json"),
+            "--max-new-tokens",
+            "12",
+        ],
+    )
+    assert by_prompt.exit_code == 0, by_prompt.output
+    assert by_prompt.output == by_file.output == tokenizer.decode(expected) + "\n"
+
+
+def test_generate_cli_needs_exactly_one_input(tiny_mlx_dir):
+    from click.testing import CliRunner
+
+    from mlx_plamo3.cli import main as cli_main
+
+    result = CliRunner().invoke(cli_main, ["generate", "--model", str(tiny_mlx_dir)])
+    assert result.exit_code != 0 and "exactly one of --prompt and --messages" in result.output
