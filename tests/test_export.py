@@ -33,11 +33,13 @@ from adapters.peft import (
 )
 from convert.tiny import write_tiny_checkpoint
 from eval.records import load_records
-from mlx_plamo3.loading import load, load_model
-from mlx_plamo3.lora import AdapterError, LoraConfig, apply_lora, lora_parameters, save_adapter
+from mlx_plamo3.loading import load_model
+from mlx_plamo3.lora import AdapterError, LoraConfig, lora_parameters
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
+from lora_helpers import make_random_adapter  # noqa: E402
+
 from mlx_plamo3.torch_reference import load_reference  # noqa: E402
 
 SEED_RESULTS = Path(__file__).parent / "fixtures" / "seed-results"
@@ -48,31 +50,18 @@ MERGE_ATOL = 1e-6
 MIN_LORA_EFFECT = 0.5
 
 
-def make_adapter(
-    model_dir: Path, out: Path, r: int = 4, targets: list[str] | None = None, seed: int = 0
-):
-    """An MLX base + LoRA with random non-zero lora_B, saved to `out`; returns the model."""
-    model, _ = load(model_dir)
-    config = LoraConfig(r=r, lora_alpha=2.0 * r, lora_dropout=0.0)
-    if targets is not None:
-        config.target_modules = targets
-    mx.random.seed(seed)  # before apply_lora: lora_a's init draws from the global generator
-    apply_lora(model, config)
-    noise = [
-        (key, 0.1 * mx.random.normal(value.shape))
-        for key, value in lora_parameters(model).items()
-        if key.endswith(".lora_b")
-    ]
-    model.load_weights(noise, strict=False)
-    model.eval()
-    metadata = {
-        "base_model_name_or_path": "pfnet/plamo-3-nict-2b-base",
-        "base_model_revision": "main",
-        "data_recipe": "v2",
-        "data_hash": "0123abcd",
-    }
-    save_adapter(model, out, config, metadata)
-    return model
+ADAPTER_METADATA = {
+    "base_model_name_or_path": "pfnet/plamo-3-nict-2b-base",
+    "base_model_revision": "main",
+    "data_recipe": "v2",
+    "data_hash": "0123abcd",
+}
+
+
+def make_adapter(model_dir: Path, out: Path, **kwargs):
+    """An MLX base + random non-zero LoRA saved to `out`; returns the model."""
+    kwargs.setdefault("metadata", ADAPTER_METADATA)
+    return make_random_adapter(model_dir, out, **kwargs)[0]
 
 
 @pytest.fixture(scope="module")

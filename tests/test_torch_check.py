@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import mlx.core as mx
 import pytest
 from click.testing import CliRunner
 
@@ -26,11 +25,10 @@ from eval.torch_check import (
     match_eval_rows,
     strip_stop,
 )
-from mlx_plamo3.loading import load
-from mlx_plamo3.lora import LoraConfig, apply_lora, lora_parameters, save_adapter
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
+from lora_helpers import make_random_adapter  # noqa: E402
 
 SAMPLE = Path(__file__).parents[1] / "data/samples/llamafactory_glaive_toolcall_en_demo.json"
 # Enough to reach past the tiny model's 16-token window and to let outputs drift apart if the
@@ -39,22 +37,7 @@ MAX_NEW_TOKENS = 20
 
 
 def make_adapter(model_dir: Path, out: Path, r: int = 4, targets: list[str] | None = None):
-    """An MLX base + LoRA with random non-zero lora_B (zero lora_B would make a vacuous test)."""
-    model, tokenizer = load(model_dir)
-    config = LoraConfig(r=r, lora_alpha=2.0 * r, lora_dropout=0.0)
-    if targets is not None:
-        config.target_modules = targets
-    mx.random.seed(7)  # before apply_lora: lora_a's init draws from the global generator
-    apply_lora(model, config)
-    noise = [
-        (key, 0.1 * mx.random.normal(value.shape))
-        for key, value in lora_parameters(model).items()
-        if key.endswith(".lora_b")
-    ]
-    model.load_weights(noise, strict=False)
-    model.eval()
-    save_adapter(model, out, config, {"base_model_name_or_path": "pfnet/plamo-3-nict-2b-base"})
-    return model, tokenizer
+    return make_random_adapter(model_dir, out, r=r, targets=targets, seed=7)
 
 
 @pytest.fixture(scope="module")
