@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-KINDS = ("models", "data", "adapters", "results", "reports", "checkpoints")
+KINDS = ("models", "data", "adapters", "results", "reports")
 
 
 def artifacts_root() -> Path:
