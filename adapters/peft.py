@@ -26,6 +26,7 @@ from mlx_plamo3.io import (
     atomic_write_text,
     file_sha256,
 )
+from mlx_plamo3.loading import weight_problems
 from mlx_plamo3.lora import (
     ADAPTER_WEIGHTS,
     AdapterError,
@@ -158,24 +159,6 @@ def expected_peft_shapes(
     }
 
 
-def shape_problems(
-    expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], limit: int = 6
-) -> list[str]:
-    """Missing keys, unexpected keys and shape mismatches, a few of each, as sentences."""
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    mismatched = sorted(k for k in set(expected) & set(found) if tuple(found[k]) != expected[k])
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s), e.g. {missing[:limit]}")
-    if extra:
-        problems.append(f"unexpected {len(extra)} key(s), e.g. {extra[:limit]}")
-    if mismatched:
-        shown = [f"{k}: {list(found[k])}, expected {list(expected[k])}" for k in mismatched[:limit]]
-        problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(shown))
-    return problems
-
-
 # ---- checks ---------------------------------------------------------------------------------
 
 
@@ -190,7 +173,10 @@ def check_mlx_adapter(
     problems = consistency_problems({k: tuple(v) for k, v in weights.items()}, config)
     if args is not None and not problems:
         expected = expected_mlx_shapes(args, config.r, config.target_modules)
-        problems = [f"does not fit the base model: {p}" for p in shape_problems(expected, weights)]
+        problems = [
+            f"does not fit the base model: {p}"
+            for p in weight_problems(expected, weights, "adapter", limit=6)
+        ]
     if problems:
         raise AdapterError(f"{source}: " + "\n  ".join(problems))
 
@@ -314,7 +300,9 @@ def check_peft_fits_base(adapter: PeftAdapter, args: ModelArgs, base: str = "bas
     recorded it) it was trained on a base with this base's fingerprint."""
     problems = []
     expected = expected_peft_shapes(args, adapter.lora.r, adapter.lora.target_modules)
-    problems += [f"shapes: {p}" for p in shape_problems(expected, adapter.shapes)]
+    problems += [
+        f"shapes: {p}" for p in weight_problems(expected, adapter.shapes, "adapter", limit=6)
+    ]
     recorded = (adapter.info or {}).get("base_fingerprint")
     if recorded is not None and recorded != base_fingerprint(args):
         problems.append(

@@ -135,24 +135,33 @@ def expected_shapes(model: Model) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in tree_flatten(model.parameters())}
 
 
+def weight_problems(
+    expected: dict[str, tuple[int, ...]],
+    found: dict[str, tuple[int, ...]],
+    found_label: str = "checkpoint",
+    limit: int | None = None,
+) -> list[str]:
+    """Missing keys, unexpected keys and shape mismatches (at most `limit` of each shown)."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = sorted(
+        f"{k}: {found_label} {tuple(found[k])}, model {tuple(expected[k])}"
+        for k in set(expected) & set(found)
+        if tuple(found[k]) != tuple(expected[k])
+    )
+    named = (
+        ("missing keys", missing),
+        ("unexpected keys", unexpected),
+        ("shape mismatches", mismatched),
+    )
+    return [f"{what} ({len(keys)}): {keys[:limit]}" for what, keys in named if keys]
+
+
 def check_weights(
     expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]], source: str
 ) -> None:
     """One error listing every missing key, unexpected key and shape mismatch."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    mismatched = sorted(
-        f"{k}: checkpoint {found[k]}, model {expected[k]}"
-        for k in set(expected) & set(found)
-        if tuple(found[k]) != tuple(expected[k])
-    )
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches ({len(mismatched)}): {mismatched}")
+    problems = weight_problems(expected, found)
     if problems:
         raise CheckpointError(
             f"{source} does not match the PLaMo 3 model:\n  " + "\n  ".join(problems)

@@ -21,6 +21,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_plamo3.io import atomic_save_safetensors, atomic_write_json
+from mlx_plamo3.loading import weight_problems
 from mlx_plamo3.model import Model, ModelArgs
 
 ALL_LINEAR = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
@@ -198,13 +199,9 @@ def load_adapter(model: Model, adapter_dir: str | Path) -> LoraConfig:
     weights = mx.load(str(Path(adapter_dir) / ADAPTER_WEIGHTS))
     wanted = {k: tuple(v.shape) for k, v in lora_parameters(model).items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
-    if wanted != found:
-        missing, extra = sorted(set(wanted) - set(found)), sorted(set(found) - set(wanted))
-        shapes = sorted(k for k in set(wanted) & set(found) if wanted[k] != found[k])
-        raise AdapterError(
-            f"{adapter_dir} does not fit the model: missing {missing[:4]}, unexpected "
-            f"{extra[:4]}, shape mismatches {[(k, found[k], wanted[k]) for k in shapes[:4]]}"
-        )
+    problems = weight_problems(wanted, found, "adapter", limit=4)
+    if problems:
+        raise AdapterError(f"{adapter_dir} does not fit the model: " + "; ".join(problems))
     model.load_weights(list(weights.items()), strict=False)
     mx.eval(model.parameters())
     return config
