@@ -40,6 +40,7 @@ from benchmarks.common import (
     REAL_2B_SOURCES,
     WorkDir,
     add_common_args,
+    add_shape_arg,
     gib,
     median,
     param_count,
@@ -204,6 +205,7 @@ def flush_page_cache_writes() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, NAME, repeats=2)
+    add_shape_arg(parser)
     parser.add_argument("--layers", type=int, default=None, help="fewer layers (default: all 24)")
     parser.add_argument("--quantize", action="store_true", help="convert to 4-bit (group 64)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per conversion")
@@ -211,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
-    config = real_config(args.layers)
+    config = real_config(args.layers, args.shape)
     if args.generate_only is not None:
         # Worker: the parent stays small, so its memory never shows in a converter's numbers.
         print(json.dumps(write_random_checkpoint(args.generate_only, config)))
@@ -233,9 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gen_start = time.perf_counter()
         if not (hf_dir / "model.safetensors.index.json").exists():
             generate = python_command("-m", "benchmarks.bench_convert", "--generate-only")
-            generate += [str(hf_dir)] + (
-                [] if args.layers is None else ["--layers", str(args.layers)]
-            )
+            generate += [str(hf_dir), "--shape", args.shape]
+            generate += [] if args.layers is None else ["--layers", str(args.layers)]
             result = run_child(generate)
             if result.returncode != 0:
                 raise SystemExit(f"writing the random checkpoint failed:\n{result.output[-3000:]}")
@@ -333,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out,
         NAME,
         {
+            "shape": args.shape,
             "config": config,
             "params": params,
             "repeats": args.repeats,

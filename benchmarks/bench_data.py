@@ -9,28 +9,38 @@ Measured: parse rows/s (parse + label, in memory), and the full `v2` build end t
 (read, parse, dedup, frozen eval, draw, leakage check, write) in a fresh process, with its
 peak RSS; beside it, the peak RSS of merely `json.load`-ing the same file.
 
-    python benchmarks/bench_data.py [--rows 113000] [--out artifacts/reports/bench_data.json]
+    python -m benchmarks.bench_data [--rows 113000] [--out artifacts/reports/bench_data.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import data
+from benchmarks.common import (
+    add_common_args,
+    emit_result,
+    own_peak_rss_bytes,
+    parse_result_line,
+    print_table,
+    python_command,
+    run_child,
+    write_report,
+)
 from data.labels import to_candidate
 from data.sources import parse_row
-from mlx_plamo3.io import atomic_write_json
-from mlx_plamo3.paths import artifact_dir
 
+NAME = "bench_data"
 SAMPLES = Path(data.__file__).parent / "samples"
 
 
@@ -61,20 +71,6 @@ def scaled_rows(n: int, distinct: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory.
-
-    Linux: VmHWM, because ru_maxrss survives fork+exec and would report the parent's peak."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    # ru_maxrss is bytes on macOS, KiB elsewhere.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
 def bench_parse(rows: list[dict[str, Any]]) -> dict[str, float]:
     start = time.perf_counter()
     for index, row in enumerate(rows):
@@ -87,7 +83,7 @@ def child(kind: str, source: str, out: str) -> None:
     """Runs in a fresh interpreter so its peak RSS is this measurement's alone."""
     from data.build import BuildConfig, build_dataset
 
-    baseline = peak_rss_mib()
+    baseline = own_peak_rss_bytes() / 2**20
     start = time.perf_counter()
     if kind == "json_load":
         with open(source, encoding="utf-8") as handle:
@@ -99,48 +95,33 @@ def child(kind: str, source: str, out: str) -> None:
         )
         extra = {"rows": plan.audit["rows"]["source"], "train": plan.audit["train"]["built"]}
     seconds = time.perf_counter() - start
-    print(
-        json.dumps(
-            {"seconds": seconds, "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline}
-            | extra
-        )
-    )
+    peak = own_peak_rss_bytes() / 2**20
+    emit_result({"seconds": seconds, "peak_rss_mib": peak, "baseline_rss_mib": baseline} | extra)
 
 
-def run_child(kind: str, source: Path, out: Path) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", kind, str(source), str(out)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+def measure_in_child(kind: str, source: Path, out: Path) -> dict[str, Any]:
+    """`kind` (build or json_load) in a fresh interpreter, so its peak RSS is its own."""
+    command = python_command("-m", "benchmarks.bench_data", "--child", kind, str(source), str(out))
+    child = run_child(command)
+    if child.returncode != 0:
+        raise SystemExit(f"{kind} failed (exit {child.returncode}):\n{child.output[-3000:]}")
+    measured = parse_result_line(child.output)
     measured["rows_per_s"] = measured["rows"] / measured["seconds"]
     return measured
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_args(parser, NAME, repeats=1)
     parser.add_argument("--rows", type=int, default=113_000, help="rows in the scaled source")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=artifact_dir("reports") / "bench_data.json",
-        help="where the JSON results go",
-    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
-        return
+        return 0
+    started = time.perf_counter()
 
-    results: dict[str, Any] = {
-        "rows": args.rows,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "platform": platform.platform(),
-        "variants": {},
-    }
+    variants: dict[str, Any] = {}
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in ("repeat", "distinct"):
@@ -149,34 +130,50 @@ def main() -> None:
             source.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
             parse = bench_parse(rows)
             del rows
-            build = run_child("build", source, Path(tmp) / f"out-{variant}")
-            load = run_child("json_load", source, Path(tmp) / "unused")
+            build = measure_in_child("build", source, Path(tmp) / f"out-{variant}")
+            load = measure_in_child("json_load", source, Path(tmp) / "unused")
             mib = source.stat().st_size / 2**20
-            results["variants"][variant] = {
+            variants[variant] = {
                 "source_mib": mib,
                 "parse": parse,
                 "v2_build": build,
                 "json_load_only": load,
             }
-            table.append((variant, mib, parse, build, load))
-
-    print(f"{args.rows:,} rows ({platform.machine()}, Python {platform.python_version()})")
-    header = (
-        f"{'variant':<9} {'file MiB':>8} {'parse rows/s':>13} {'v2 build rows/s':>16} "
-        f"{'build s':>8} {'build peak MiB':>15} {'json.load peak MiB':>19}"
+            table.append(
+                [
+                    variant,
+                    mib,
+                    parse["rows_per_s"],
+                    build["rows_per_s"],
+                    build["seconds"],
+                    build["peak_rss_mib"],
+                    load["peak_rss_mib"],
+                ]
+            )
+    print_table(
+        [
+            "variant",
+            "file MiB",
+            "parse rows/s",
+            "v2 build rows/s",
+            "build s",
+            "build peak MiB",
+            "json.load peak MiB",
+        ],
+        table,
+        title=f"{args.rows:,} rows; interpreter + imports before the build: "
+        f"{variants['repeat']['v2_build']['baseline_rss_mib']:.0f} MiB",
     )
-    print(header)
-    print("-" * len(header))
-    for variant, mib, parse, build, load in table:
-        print(
-            f"{variant:<9} {mib:>8.1f} {parse['rows_per_s']:>13,.0f} "
-            f"{build['rows_per_s']:>16,.0f} {build['seconds']:>8.1f} "
-            f"{build['peak_rss_mib']:>15.0f} {load['peak_rss_mib']:>19.0f}"
-        )
-    print(f"(interpreter + imports before the build: {table[0][3]['baseline_rss_mib']:.0f} MiB)")
-    atomic_write_json(args.out, results)
-    print(f"wrote {args.out}")
+    write_report(
+        args.out,
+        NAME,
+        {"rows": args.rows},
+        {"variants": variants},
+        ["build and json.load each run in a fresh process; peak RSS is that process's own"],
+        started,
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

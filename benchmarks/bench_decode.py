@@ -38,6 +38,7 @@ from mlx.utils import tree_flatten
 
 from benchmarks.common import (
     add_common_args,
+    add_shape_arg,
     blas_note,
     median,
     mlx_device,
@@ -45,6 +46,7 @@ from benchmarks.common import (
     print_table,
     ratio,
     real_config,
+    shape_label,
     summary,
     write_report,
 )
@@ -148,6 +150,7 @@ def decode_rate(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, NAME, repeats=3)
+    add_shape_arg(parser)
     parser.add_argument("--models", default="tiny,real", help="comma-separated: tiny, real")
     parser.add_argument("--layers", type=int, default=2, help="layers of the real-width model")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
@@ -167,15 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if model_name == "tiny":
             config = tiny_config()
         elif model_name == "real":
-            config = real_config(args.layers, torch_dtype=args.dtype)
+            config = real_config(args.layers, args.shape, torch_dtype=args.dtype)
         else:
             raise SystemExit(f"unknown model {model_name!r}")
         params = param_count(config)
-        label = (
-            "tiny (4 x 64)"
-            if model_name == "tiny"
-            else f"2B width, {config['num_hidden_layers']} layers"
-        )
+        label = "tiny (4 x 64)" if model_name == "tiny" else shape_label(config, args.shape)
         ours, theirs = build_models(config, dtype, not args.no_mlx_lm)
         competitors = {"ours": (ours, ours_generate)}
         if theirs is not None:
@@ -252,6 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         NAME,
         {
             "models": args.models,
+            "shape": args.shape,
             "layers": args.layers,
             "dtype": args.dtype,
             "batch_sizes": batch_sizes,

@@ -23,9 +23,11 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from benchmarks.common import (
     WorkDir,
     add_common_args,
+    add_shape_arg,
     median,
     print_table,
     real_config,
+    shape_label,
     summary,
     write_report,
 )
@@ -72,6 +74,7 @@ def write_random_adapter(out_dir: Path, config: dict, rank: int) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_args(parser, NAME, repeats=3)
+    add_shape_arg(parser)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
     args = parser.parse_args(argv)
 
@@ -85,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlx_plamo3.model import ModelArgs
 
     started = time.perf_counter()
-    config = real_config()
+    config = real_config(shape=args.shape)
     rows, results = [], {}
     with WorkDir(args.work_dir, "bench-export-") as work:
         mlx_dir = work / "mlx-adapter"
@@ -110,13 +113,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(
         ["dtype", "export s (median)", "adapter_model.safetensors MiB", "fit check ms"],
         rows,
-        title=f"PEFT export of a random r={args.rank} adapter at the 2B shapes "
+        title=f"PEFT export of a random r={args.rank} adapter, {shape_label(config, args.shape)} "
         f"({params:,} LoRA parameters)",
     )
     write_report(
         args.out,
         NAME,
-        {"rank": args.rank, "config": config, "params": params},
+        {"rank": args.rank, "shape": args.shape, "config": config, "params": params},
         results,
         started=started,
     )

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 from benchmarks.common import (
     add_common_args,
+    add_shape_arg,
     blas_note,
     emit_result,
     gib,
@@ -95,18 +96,15 @@ def synthetic_example(seq_len: int, supervised: int, vocab: int, seed: int = 0):
 def worker(args: argparse.Namespace) -> None:
     """One case, in this process; prints its measurements as a BENCH_RESULT line."""
     import mlx.core as mx
-    import mlx.nn as nn
-    import mlx.optimizers as optim
     from mlx.utils import tree_flatten, tree_map
 
     from mlx_plamo3.lora import LoraConfig, apply_lora
     from train.batches import micro_batches
     from train.config import TrainConfig
     from train.layers import pass_key, prepare_for_training
-    from train.loss import weighted_loss
-    from train.trainer import make_optimizer
+    from train.trainer import make_optimizer, step_functions
 
-    config = real_config(args.layers)
+    config = real_config(args.layers, args.shape)
     cfg = TrainConfig(
         grad_checkpoint=args.grad_checkpoint, compile=not args.no_compile, max_length=768
     )
@@ -124,19 +122,7 @@ def worker(args: argparse.Namespace) -> None:
     optimizer.init(model.trainable_parameters())
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
 
-    def pass_loss(inputs, targets, weights, positions, segments, valid, scored, key):
-        keys.set(key)
-        return weighted_loss(model, inputs, targets, weights, positions, segments, valid, scored)
-
-    def apply_update(grads):
-        grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
-        optimizer.update(model, grads)
-
-    loss_and_grad = nn.value_and_grad(model, pass_loss)
-    if cfg.compile:
-        loss_and_grad = mx.compile(loss_and_grad, inputs=model.state, outputs=model.state)
-        both = [model.state, optimizer.state]
-        apply_update = mx.compile(apply_update, inputs=both, outputs=both)
+    loss_and_grad, apply_update = step_functions(model, optimizer, keys, cfg)
 
     example = synthetic_example(args.seq_len, args.supervised, config["vocab_size"])
     batches = micro_batches(
@@ -188,6 +174,7 @@ def worker(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, NAME, repeats=1)
+    add_shape_arg(parser)
     parser.add_argument("--bases", default="bf16,4bit", help="comma-separated: bf16, 4bit")
     parser.add_argument("--layers", type=int, default=24, help="decoder layers (real: 24)")
     parser.add_argument("--seq-len", type=int, default=768, help="example length in tokens")
@@ -219,6 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "benchmarks.bench_memory",
             "--worker",
             base,
+            "--shape",
+            args.shape,
             "--layers",
             str(layers),
             "--seq-len",
@@ -245,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     rows = []
     for case in cases:
-        config = real_config(case["layers"])
+        config = real_config(case["layers"], args.shape)
         rows.append(
             [
                 case["base"],
@@ -280,7 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "case s",
         ],
         rows,
-        title=f"One LoRA training step at the 2B width on {mlx_device()} ({blas_note()}; "
+        title=f"One LoRA training step, {'2B width' if args.shape == 'real' else 'small shape'}, "
+        f"on {mlx_device()} ({blas_note()}; "
         f"r 16, all linear, grad checkpoint {'on' if args.grad_checkpoint else 'off'}, "
         f"compiled {'no' if args.no_compile else 'yes'})",
     )
@@ -289,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         NAME,
         {
             "bases": args.bases,
+            "shape": args.shape,
             "layers": args.layers,
             "seq_len": args.seq_len,
             "layers_4bit": args.layers_4bit,

@@ -1,9 +1,9 @@
 """Tokenizer throughput on chat examples: encode, chat template, assistant mask.
 
 Run from the repository root:
-    python -m benchmarks.bench_tokenizer --out artifacts/reports/bench_tokenizer.json
+    python -m benchmarks.bench_tokenizer [--examples 1718] [--synthetic-size 32000]
 
-Corpus: glaive rows from /work/shared/reference/glaive (or --glaive-dir) turned into chat
+Corpus: the bundled glaive rows (data/samples, or --glaive-dir) turned into chat
 messages with the seed's system prompt; without them, deterministic text made from the tiny
 vocabulary's words. Vocabularies: the tiny test vocabulary, a synthetic one of --synthetic-size
 pieces grown from the corpus (closer to a real unigram vocabulary's trie depth), and a real
@@ -32,11 +32,12 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import REPO_ROOT, add_common_args, median, print_table, write_report
 from convert.tiny_vocab import WORDS, tiny_tokenizer_config, tiny_vocab_rows, write_tiny_tokenizer
-from mlx_plamo3.io import atomic_write_json
 from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
-GLAIVE_DIR = Path("/work/shared/reference/glaive")
+NAME = "bench_tokenizer"
+SAMPLES_DIR = REPO_ROOT / "data" / "samples"
 SEED_SYSTEM_PREFIX = (
     "You are a helpful assistant with access to the following tools. When the user's request "
     'requires a tool, respond with ONLY a JSON object {"name": <function-name>, "arguments": '
@@ -174,26 +175,29 @@ def measure(tokenizer: Plamo3Tokenizer, corpus: list[list[Message]], examples: i
     return results
 
 
-def print_table(rows: list[dict]) -> None:
-    header = ("vocab", "size", "workload", "examples", "mean tok", "seconds", "tok/s", "ex/s")
-    print(" | ".join(header))
-    print(" | ".join("---" for _ in header))
-    for row in rows:
-        print(
-            f"{row['vocab']} | {row['vocab_size']} | {row['workload']} | {row['examples']} | "
-            f"{row['mean_tokens']} | {row['seconds']:.3f} | {row['tokens_per_s']:,} | "
-            f"{row['examples_per_s']:,}"
-        )
+TABLE_COLUMNS = (
+    ("vocab", "vocab"),
+    ("size", "vocab_size"),
+    ("workload", "workload"),
+    ("examples", "examples"),
+    ("mean tok", "mean_tokens"),
+    ("seconds", "seconds"),
+    ("tok/s", "tokens_per_s"),
+    ("ex/s", "examples_per_s"),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
-    parser.add_argument("--glaive-dir", type=Path, default=GLAIVE_DIR)
+    add_common_args(parser, NAME, repeats=1)
+    parser.add_argument(
+        "--glaive-dir", type=Path, default=SAMPLES_DIR, help="glaive rows [bundled samples]"
+    )
     parser.add_argument("--tokenizer-dir", type=Path, help="a real checkpoint directory, if any")
     parser.add_argument("--examples", type=int, default=1718, help="conversations for `mask`")
     parser.add_argument("--synthetic-size", type=int, default=32000, help="0 to skip")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
 
     corpus = glaive_corpus(args.glaive_dir) if args.glaive_dir.is_dir() else []
     corpus_name = f"glaive ({args.glaive_dir})" if corpus else "synthetic (tiny-vocabulary words)"
@@ -214,13 +218,40 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     table = []
     for name, tokenizer in vocabularies:
-        for result in measure(tokenizer, corpus, args.examples):
-            table.append({"vocab": name, "vocab_size": tokenizer.vocab_size, **result})
-    print(f"corpus: {corpus_name}, {len(corpus)} conversations")
-    print_table(table)
-    atomic_write_json(
+        runs = [measure(tokenizer, corpus, args.examples) for _ in range(args.repeats)]
+        for per_workload in zip(*runs, strict=True):
+            seconds = median([r["seconds"] for r in per_workload])
+            first = per_workload[0]
+            table.append(
+                {
+                    **first,
+                    "vocab": name,
+                    "vocab_size": tokenizer.vocab_size,
+                    "seconds": round(seconds, 4),
+                    "seconds_runs": [r["seconds"] for r in per_workload],
+                    "tokens_per_s": round(first["tokens"] / seconds),
+                    "examples_per_s": round(first["examples"] / seconds, 1),
+                }
+            )
+    print_table(
+        [header for header, _ in TABLE_COLUMNS],
+        [[row[key] for _, key in TABLE_COLUMNS] for row in table],
+        title=f"Tokenizer throughput (medians of {args.repeats}), corpus: {corpus_name}, "
+        f"{len(corpus)} conversations",
+    )
+    write_report(
         args.out,
-        {"corpus": corpus_name, "conversations": len(corpus), "python": sys.version, "rows": table},
+        NAME,
+        {
+            "corpus": corpus_name,
+            "conversations": len(corpus),
+            "examples": args.examples,
+            "synthetic_size": args.synthetic_size,
+            "tokenizer_dir": None if args.tokenizer_dir is None else str(args.tokenizer_dir),
+        },
+        {"rows": table},
+        ["encode/cold clears the segment cache before each conversation"],
+        started,
     )
     return 0
 

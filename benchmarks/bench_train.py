@@ -52,6 +52,7 @@ from benchmarks.common import (
     REPO_ROOT,
     WorkDir,
     add_common_args,
+    add_shape_arg,
     blas_note,
     emit_result,
     gib,
@@ -63,6 +64,7 @@ from benchmarks.common import (
     ratio,
     real_config,
     run_child,
+    shape_label,
     torch_device,
     write_report,
 )
@@ -85,7 +87,7 @@ def prepare_inputs(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     model_dir = work / "model"
     if not (model_dir / "config.json").exists():
         command = python_command("-m", "benchmarks.bench_convert", "--generate-only")
-        command += [str(model_dir), "--layers", str(args.layers)]
+        command += [str(model_dir), "--layers", str(args.layers), "--shape", args.shape]
         child = run_child(command)
         if child.returncode != 0:
             raise SystemExit(f"writing the random checkpoint failed:\n{child.output[-3000:]}")
@@ -370,6 +372,8 @@ def worker_args(args: argparse.Namespace, work: Path, name: str) -> list[str]:
         name,
         "--work-dir",
         str(work),
+        "--shape",
+        args.shape,
         "--layers",
         str(args.layers),
         "--dtype",
@@ -389,6 +393,7 @@ def worker_args(args: argparse.Namespace, work: Path, name: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, NAME, repeats=1)
+    add_shape_arg(parser)
     parser.add_argument("--competitors", default=",".join(COMPETITORS))
     parser.add_argument("--layers", type=int, default=1, help="decoder layers at 2B width")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
@@ -407,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     started = time.perf_counter()
-    config = real_config(args.layers)
+    config = real_config(args.layers, args.shape)
     names = args.competitors.split(",")
     results: dict[str, Any] = {}
     with WorkDir(args.work_dir, "bench_train_") as work:
@@ -483,7 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "peak RSS GiB",
         ],
         rows,
-        title=f"LoRA training at the 2B width, {args.layers} layer(s), {args.dtype}, "
+        title=f"LoRA training at the {shape_label(config, args.shape)}, {args.dtype}, "
         f"{args.examples_per_step} examples/step, on {mlx_device()} / torch {torch_device()} "
         f"({blas_note()}; grad checkpoint {'on' if args.grad_checkpoint else 'off'})",
     )
@@ -491,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out,
         NAME,
         {
+            "shape": args.shape,
             "layers": args.layers,
             "params": param_count(config),
             "dtype": args.dtype,

@@ -82,13 +82,49 @@ REAL_2B_SOURCES = {
 }
 
 
-def real_config(layers: int | None = None, **overrides: Any) -> dict[str, Any]:
-    """The real 2B config, optionally with fewer layers (same width) or other overrides."""
-    config = dict(REAL_2B_CONFIG)
+# The same architecture scaled down (4-bit-quantizable widths, a vocabulary that holds the
+# tiny test tokenizer), so every benchmark runs end to end in seconds; the test suite does.
+SMALL_OVERRIDES: dict[str, Any] = {
+    "num_hidden_layers": 2,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "window_size": 64,
+    "max_position_embeddings": 1024,
+    "sliding_window_pattern": 2,
+    "hidden_size": 128,
+    "num_attention_heads": 4,
+    "intermediate_size": 256,
+    "vocab_size": 1024,
+}
+SHAPES = {"real": {}, "small": SMALL_OVERRIDES}
+
+
+def real_config(layers: int | None = None, shape: str = "real", **overrides: Any) -> dict[str, Any]:
+    """The real 2B config (or the small smoke-test shape), optionally with fewer layers or
+    other overrides."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose from {sorted(SHAPES)}")
+    config = {**REAL_2B_CONFIG, **SHAPES[shape]}
     if layers is not None:
         config["num_hidden_layers"] = layers
     config.update(overrides)
     return config
+
+
+def shape_label(config: dict[str, Any], shape: str) -> str:
+    """How a table title names the model: the 2B width, or the small smoke-test shape."""
+    name = "2B width" if shape == "real" else f"small shape (width {config['hidden_size']})"
+    return f"{name}, {config['num_hidden_layers']} layer(s)"
+
+
+def add_shape_arg(parser) -> None:
+    parser.add_argument(
+        "--shape",
+        choices=sorted(SHAPES),
+        default="real",
+        help="real: the 2B shapes above; small: the same architecture scaled down, for a "
+        "quick check that the benchmark runs (its numbers mean nothing)",
+    )
 
 
 def param_count(config: dict[str, Any]) -> dict[str, int]:

@@ -163,6 +163,31 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optim.AdamW:
     )
 
 
+def step_functions(
+    model: nn.Module, optimizer: optim.Optimizer, keys: ForwardKeys, cfg: TrainConfig
+) -> tuple[Callable[..., Any], Callable[[Any], None]]:
+    """One forward pass's (loss, gradients), and the optimizer update with clipping: compiled
+    when cfg.compile. The benchmarks measure these same two functions."""
+
+    def pass_loss(inputs, targets, weights, positions, segments, valid, scored, key):
+        keys.set(key)
+        return weighted_loss(model, inputs, targets, weights, positions, segments, valid, scored)
+
+    def apply_update(grads):
+        if cfg.max_grad_norm > 0:
+            grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
+        optimizer.update(model, grads)
+
+    loss_and_grad = nn.value_and_grad(model, pass_loss)
+    if cfg.compile:
+        # Explicit state: the model's (value_and_grad swaps its parameters during the trace)
+        # and the optimizer's (moments, step, scheduled learning rate).
+        loss_and_grad = mx.compile(loss_and_grad, inputs=model.state, outputs=model.state)
+        both = [model.state, optimizer.state]
+        apply_update = mx.compile(apply_update, inputs=both, outputs=both)
+    return loss_and_grad, apply_update
+
+
 def data_recipe(data_dir: Path) -> str:
     """The recipe in the dataset's manifest.json, else the directory's name."""
     try:
@@ -377,28 +402,9 @@ class Trainer:
             )
 
     def _compile(self) -> None:
-        model, optimizer, keys, cfg = self.model, self.optimizer, self.forward_keys, self.config
-
-        def pass_loss(inputs, targets, weights, positions, segments, valid, scored, key):
-            keys.set(key)
-            return weighted_loss(
-                model, inputs, targets, weights, positions, segments, valid, scored
-            )
-
-        def apply_update(grads):
-            if cfg.max_grad_norm > 0:
-                grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
-            optimizer.update(model, grads)
-
-        loss_and_grad = nn.value_and_grad(model, pass_loss)
-        if cfg.compile:
-            # Explicit state: the model's (value_and_grad swaps its parameters during the
-            # trace) and the optimizer's (moments, step, scheduled learning rate).
-            loss_and_grad = mx.compile(loss_and_grad, inputs=model.state, outputs=model.state)
-            both = [model.state, optimizer.state]
-            apply_update = mx.compile(apply_update, inputs=both, outputs=both)
-        self.loss_and_grad = loss_and_grad
-        self.apply_update = apply_update
+        self.loss_and_grad, self.apply_update = step_functions(
+            self.model, self.optimizer, self.forward_keys, self.config
+        )
 
     # ---- metadata ----------------------------------------------------------------------------
 

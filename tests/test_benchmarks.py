@@ -1,0 +1,235 @@
+"""The benchmarks: their shape arithmetic against the real model, their memory measurement, and
+each script run end to end at the small shape (the code path the real-shape runs take)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import pytest
+from mlx.utils import tree_flatten
+
+from benchmarks import common
+from mlx_plamo3.lora import LoraConfig, apply_lora
+from mlx_plamo3.model import Model, ModelArgs
+
+REPORT_KEYS = {"benchmark", "command", "machine", "settings", "results", "notes", "wall_seconds"}
+
+
+def read_report(path: Path, name: str) -> dict[str, Any]:
+    doc = json.loads(path.read_text())
+    assert REPORT_KEYS <= set(doc), sorted(REPORT_KEYS - set(doc))
+    assert doc["benchmark"] == name
+    assert doc["machine"]["mlx_device"] == str(mx.default_device())
+    return doc
+
+
+# ---- shape arithmetic --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", sorted(common.SHAPES))
+def test_param_counts_equal_the_models_own_parameters(shape: str) -> None:
+    # Parameters stay lazy, so the full 2.6B shape costs no memory here.
+    config = common.real_config(shape=shape)
+    model = Model(ModelArgs.from_dict(config))
+    total = sum(v.size for _, v in tree_flatten(model.parameters()))
+    assert common.param_count(config)["total"] == total
+    apply_lora(model, LoraConfig(r=16))
+    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    assert common.lora_param_count(config, r=16) == trainable
+
+
+def test_real_shape_is_the_published_size() -> None:
+    assert 2.55e9 < common.param_count(common.real_config())["total"] < 2.7e9
+
+
+@pytest.mark.parametrize("shape", sorted(common.SHAPES))
+def test_random_checkpoint_layout_equals_the_model_keys(shape: str) -> None:
+    from benchmarks.bench_convert import hf_tensor_shapes
+
+    config = common.real_config(shape=shape)
+    model = Model(ModelArgs.from_dict(config))
+    expected = {k: tuple(v.shape) for k, v in tree_flatten(model.parameters())}
+    assert dict(hf_tensor_shapes(config)) == expected
+
+
+def test_real_config_rejects_an_unknown_shape() -> None:
+    with pytest.raises(ValueError, match="unknown shape 'huge'"):
+        common.real_config(shape="huge")
+
+
+# ---- measurement helpers -----------------------------------------------------------------------
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the inherited-maxrss trap is Linux's")
+def test_child_peak_rss_is_the_childs_own_not_the_parents() -> None:
+    # wait4's maxrss on Linux carries the parent's peak across fork+exec; the benchmark must
+    # report what the child itself held.
+    parent_ballast = bytearray(600 * 2**20)
+    parent_ballast[:: 4096] = b"x" * len(parent_ballast[:: 4096])
+    child = common.run_child(
+        [sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'y' * len(b[::4096])"]
+    )
+    assert child.returncode == 0, child.output
+    assert 200 * 2**20 <= child.peak_rss_bytes < 400 * 2**20
+    del parent_ballast
+
+
+def test_run_child_reports_failure_output_and_timeout() -> None:
+    failed = common.run_child([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"])
+    assert failed.returncode == 3 and "boom" in failed.output
+    slow = common.run_child([sys.executable, "-c", "import time; time.sleep(30)"], timeout=1)
+    assert slow.returncode != 0 and slow.seconds < 20
+
+
+@pytest.mark.parametrize(("platform", "expected"), [("linux", 5 * 1024), ("darwin", 5)])
+def test_maxrss_units_follow_the_platform(
+    monkeypatch: pytest.MonkeyPatch, platform: str, expected: int
+) -> None:
+    monkeypatch.setattr(common.sys, "platform", platform)
+    assert common._maxrss_bytes(5) == expected
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")],
+)
+def test_torch_device_prefers_cuda_then_mps(
+    monkeypatch: pytest.MonkeyPatch, cuda: bool, mps: bool, expected: str
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert common.torch_device() == expected
+
+
+def test_table_is_markdown_with_aligned_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    text = common.print_table(["name", "n"], [["a", 1234567], ["bb", 0.5]], title="T")
+    lines = text.splitlines()
+    assert lines[0] == "T" and lines[2].startswith("| name")
+    assert "1,234,567" in text and "0.50" in text
+    assert len({len(line) for line in lines[2:]}) == 1
+    assert capsys.readouterr().out.strip() == text
+
+
+# ---- every benchmark, end to end at the small shape --------------------------------------------
+
+
+def test_bench_convert_small(tmp_path: Path) -> None:
+    from benchmarks import bench_convert
+
+    out = tmp_path / "convert.json"
+    argv = ["--shape", "small", "--repeats", "1", "--out", str(out)]
+    assert bench_convert.main([*argv, "--work-dir", str(tmp_path / "work")]) == 0
+    doc = read_report(out, "bench_convert")
+    results = doc["results"]
+    assert results["comparison"]["identical"], results["comparison"]
+    assert results["comparison"]["tensors_compared"] == len(
+        bench_convert.hf_tensor_shapes(doc["settings"]["config"])
+    )
+    for converter in ("python -m convert", "mlx_lm.convert"):
+        entry = results["converters"][converter]
+        assert entry["seconds"]["median"] > 0 and entry["peak_rss_bytes"]["median"] > 0
+
+
+def test_bench_train_small(tmp_path: Path) -> None:
+    from benchmarks import bench_train
+
+    out = tmp_path / "train.json"
+    argv = ["--shape", "small", "--layers", "2", "--dtype", "float32"]
+    argv += ["--examples-per-step", "2", "--steps", "1", "--out", str(out)]
+    assert bench_train.main(argv) == 0
+    doc = read_report(out, "bench_train")
+    results = doc["results"]
+    assert set(results) == set(bench_train.COMPETITORS)
+    for name, result in results.items():
+        assert "error" not in result, (name, result.get("output"))
+        timed = result["timed"]
+        assert timed["steps"] == 1 and timed["tokens_per_second"] > 0, name
+        assert all(step["loss"] == step["loss"] for step in result["steps"]), name  # no NaN
+    # Ours and the seed's loop count the same tokens of the same examples.
+    for key in ("tokens", "supervised"):
+        assert results["ours"]["timed"][key] == results["torch"]["timed"][key]
+
+
+def test_bench_memory_small(tmp_path: Path) -> None:
+    from benchmarks import bench_memory
+
+    out = tmp_path / "memory.json"
+    argv = ["--shape", "small", "--layers", "2", "--seq-len", "96", "--steps", "2"]
+    assert bench_memory.main([*argv, "--out", str(out)]) == 0
+    cases = {c["base"]: c for c in read_report(out, "bench_memory")["results"]["cases"]}
+    assert set(cases) == {"bf16", "4bit"}
+    for case in cases.values():
+        assert case["peak_bytes"] > case["weights_bytes"] > 0
+        assert case["seq_len"] == 96 and len(case["step_seconds"]) == 2
+    assert cases["4bit"]["weights_bytes"] < cases["bf16"]["weights_bytes"] / 2
+
+
+def test_bench_decode_small_agrees_with_mlx_lm(tmp_path: Path) -> None:
+    from benchmarks import bench_decode
+
+    out = tmp_path / "decode.json"
+    argv = ["--models", "real", "--shape", "small", "--dtype", "float32", "--batch-sizes", "1,3"]
+    argv += ["--prompt-len", "8", "--new-tokens", "5", "--repeats", "1", "--out", str(out)]
+    assert bench_decode.main(argv) == 0
+    runs = read_report(out, "bench_decode")["results"]["runs"]
+    assert {(r["implementation"], r["batch"]) for r in runs} == {
+        (impl, batch) for impl in ("ours", "mlx_lm") for batch in (1, 3)
+    }
+    # Inside the sliding window both implementations must decode the same greedy tokens.
+    assert all(r["same_tokens_as_mlx_lm"] for r in runs)
+
+
+def test_bench_eval_small(tmp_path: Path) -> None:
+    from benchmarks import bench_eval
+
+    out = tmp_path / "eval.json"
+    argv = ["--repeats", "1", "--max-new-tokens", "6", "--out", str(out)]
+    assert bench_eval.main(argv) == 0
+    results = read_report(out, "bench_eval")["results"]
+    assert results["predictions_identical"]
+    assert set(results["modes"]) == {
+        "batched + prefix reuse",
+        "sequential, no reuse",
+        "batched, no reuse",
+    }
+
+
+def test_bench_export_small(tmp_path: Path) -> None:
+    from benchmarks import bench_export
+
+    out = tmp_path / "export.json"
+    assert bench_export.main(["--shape", "small", "--repeats", "1", "--out", str(out)]) == 0
+    doc = read_report(out, "bench_export")
+    params = doc["settings"]["params"]
+    assert params == common.lora_param_count(doc["settings"]["config"], r=16)
+    assert doc["results"]["float32"]["file_bytes"] > 4 * params
+    assert doc["results"]["bfloat16"]["file_bytes"] > 2 * params
+
+
+def test_bench_tokenizer_small(tmp_path: Path) -> None:
+    from benchmarks import bench_tokenizer
+
+    out = tmp_path / "tokenizer.json"
+    argv = ["--examples", "20", "--synthetic-size", "0", "--out", str(out)]
+    assert bench_tokenizer.main(argv) == 0
+    rows = read_report(out, "bench_tokenizer")["results"]["rows"]
+    assert {r["workload"] for r in rows} == {"encode/cold", "encode/warm", "mask"}
+    assert all(r["tokens"] > 0 for r in rows)
+
+
+def test_bench_data_small(tmp_path: Path) -> None:
+    from benchmarks import bench_data
+
+    out = tmp_path / "data.json"
+    assert bench_data.main(["--rows", "400", "--out", str(out)]) == 0
+    variants = read_report(out, "bench_data")["results"]["variants"]
+    assert set(variants) == {"repeat", "distinct"}
+    for variant in variants.values():
+        assert variant["v2_build"]["rows"] == 400
+        assert variant["v2_build"]["peak_rss_mib"] > 0
