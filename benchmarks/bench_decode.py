@@ -5,10 +5,10 @@ Run from the repository root:
 
 Models (random weights; decode speed does not depend on their values):
 - tiny: the test checkpoint's config (convert/tiny.py), 4 layers of width 64.
-- real: the real 2B width (benchmarks/common.py: hidden 3072, 24 heads, 4 KV heads, the full
-  100k vocabulary and tied lm_head) with --layers layers instead of 24, so it fits a CPU run.
-  Per decoded token the 24-layer model reads 2.65B weights; this one reads
-  embedding + layers x 97.5M.
+- real: the real 2B width (benchmarks/common.py: hidden 2560, 24 query heads and 4 KV heads of
+  128, the full 107,520-token vocabulary and tied lm_head) with --layers layers instead of 24,
+  so it fits a CPU run. Per decoded token the 24-layer model reads 2.60B weights; this one
+  reads the embedding (275M) + layers x 97.0M.
 
 Competitors, in one process on the same weights and prompts (random token ids, all rows the
 same length, no shared prefix):

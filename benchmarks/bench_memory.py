@@ -171,6 +171,102 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+def fit_layers(cases: Sequence[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
+    """Per base and length: MLX peak as fixed + per-layer x layers, fitted (least squares) on the
+    cases shallower than `depth`, predicted at `depth`, beside a case measured there if any."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for case in cases:
+        key = (case["base"], case["seq_len"], case.get("grad_checkpoint", False))
+        groups.setdefault(key, []).append(case)
+    fits = []
+    for (base, seq_len, grad_checkpoint), group in sorted(groups.items()):
+        shallow = [c for c in group if c["layers"] < depth]
+        if len({c["layers"] for c in shallow}) < 2:
+            continue
+        xs = [c["layers"] for c in shallow]
+        ys = [c["peak_bytes"] for c in shallow]
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
+            (x - mean_x) ** 2 for x in xs
+        )
+        fixed = mean_y - slope * mean_x
+        measured = [c for c in group if c["layers"] == depth]
+        fits.append(
+            {
+                "base": base,
+                "seq_len": seq_len,
+                "grad_checkpoint": grad_checkpoint,
+                "fitted_on_layers": sorted(set(xs)),
+                "per_layer_bytes": slope,
+                "fixed_bytes": fixed,
+                "depth": depth,
+                "predicted_peak_bytes": fixed + slope * depth,
+                "measured_peak_bytes": measured[0]["peak_bytes"] if measured else None,
+                "measured_step_seconds": measured[0]["step_seconds"][0] if measured else None,
+            }
+        )
+    return fits
+
+
+def print_fits(fits: Sequence[dict[str, Any]]) -> None:
+    rows = []
+    for fit in fits:
+        measured = fit["measured_peak_bytes"]
+        rows.append(
+            [
+                fit["base"],
+                fit["seq_len"],
+                ",".join(str(n) for n in fit["fitted_on_layers"]),
+                gib(fit["per_layer_bytes"]),
+                gib(fit["fixed_bytes"]),
+                fit["depth"],
+                gib(fit["predicted_peak_bytes"]),
+                gib(measured),
+                None if measured is None else 100 * (fit["predicted_peak_bytes"] / measured - 1),
+            ]
+        )
+    print_table(
+        [
+            "base",
+            "seq",
+            "fitted on layers",
+            "per layer GiB",
+            "fixed GiB",
+            "depth",
+            "predicted MLX peak GiB",
+            "measured GiB",
+            "prediction error %",
+        ],
+        rows,
+        title="MLX peak of one step as fixed + per-layer x layers, fitted on shallow cases",
+    )
+
+
+def combine(paths: Sequence[Path], depth: int, out: Path | None, started: float) -> int:
+    """Fit and predict from the cases of earlier runs' JSON reports."""
+    cases = []
+    for path in paths:
+        try:
+            cases += json.loads(path.read_text())["results"]["cases"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"{path}: not a {NAME} report ({error})") from error
+    fits = fit_layers(cases, depth)
+    if not fits:
+        raise SystemExit(
+            f"nothing to fit: need cases of one base and length at two or more depths below {depth}"
+        )
+    print_fits(fits)
+    write_report(
+        out,
+        NAME + "_fit",
+        {"reports": [str(p) for p in paths], "depth": depth},
+        {"fits": fits},
+        ["least-squares line through (layers, MLX peak) of the cases below the depth"],
+        started,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, NAME, repeats=1)
@@ -189,12 +285,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grad-checkpoint", action="store_true", help="recompute activations")
     parser.add_argument("--no-compile", action="store_true", help="do not mx.compile the step")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+    parser.add_argument(
+        "--combine",
+        type=Path,
+        nargs="+",
+        metavar="REPORT",
+        help="run nothing: fit MLX peak against depth over the cases of these earlier reports "
+        "and predict it at --layers (for machines too slow to run the full depth)",
+    )
     parser.add_argument("--worker", choices=BASES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
     started = time.perf_counter()
+    if args.combine:
+        return combine(args.combine, args.layers, args.out, started)
     cases = []
     for base in args.bases.split(","):
         if base not in BASES:

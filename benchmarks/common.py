@@ -29,56 +29,61 @@ DEFAULT_REPORT_DIR = Path("artifacts") / "reports"
 # --------------------------------------------------------------------------------------------
 # The real pfnet/plamo-3-nict-2b-base shapes: the one place the benchmarks take them from.
 #
-# Public sources read with the search tools (no checkpoint was downloaded):
-#   [llama.cpp]  ggml-org/llama.cpp, `llama_model_plamo3::load_arch_hparams`
-#                (src/models/plamo3.cpp): 24 layers is the only layer count mapped to "2B";
+# No checkpoint was downloaded; public sources read with the search tools:
+#   [shards]     The checkpoint's own file sizes, from Hugging Face download bars stored in the
+#                notebook shu65/plamo-3-inference plamo_3_hf_inference_example.ipynb: five bf16
+#                shards of 880,809,608 / 2,044,726,424 / 1,730,153,144 / 550,502,536 / 524,568
+#                bytes. Each is whole tensors plus a small JSON header, and only one set of shapes
+#                splits them cleanly: shard 4 = one [107520, 2560] tensor (the embedding; no
+#                lm_head anywhere, so tied), shard 1 = 24 x (qkv [4096, 2560] + o [2560, 3072])
+#                (so 24 query heads of 128), shards 2 and 3 = 13 and 11 x (gate_up [20480, 2560]
+#                + down [2560, 10240]), shard 5 = the 145 norms. Total 2,603,344,384 parameters.
+#   [mesh-llm]   A family support matrix naming mmnga-o/plamo-3-nict-2b-base-gguf: 24 layers,
+#                "activation width 2560" (the GGUF's hidden size).
+#   [llama.cpp]  ggml-org/llama.cpp src/models/plamo3.cpp: 24 layers is the "2B" layer count;
 #                sliding-window pattern read from the GGUF, default period 8.
-#   [openvino]   Intel's OpenVINO PLaMo-3 sample for pfnet/plamo-3-nict-2b-base (README.md and
-#                convert_to_ov.py): a KV cache of 24 layers shaped [1, 4 KV heads, seq,
-#                head_dim 128]; max_position_embeddings 4096, window_size 2048.
-#   [vllm/sglang] Plamo3Config of the family (vLLM plugin, SGLang): tied embeddings, rms eps
-#                1e-6, rope_theta 1e6, rope_local_theta 1e4, sliding_window_pattern 8.
-# Values no public source pinned for the 2B checkpoint are marked ASSUMED below; they were
-# chosen so that, with the confirmed values, the parameter count is the published ~2.6B
-# (the seed study and the LoRA model card say 2.6B; Hugging Face rounds it to "3B"; the
-# llama.cpp Q4_K_M file is 1,574 MB, i.e. ~2.6B weights at ~4.9 bits).
+#   [openvino]   Intel's OpenVINO PLaMo-3 sample for pfnet/plamo-3-nict-2b-base: a KV cache of
+#                24 layers shaped [1, 4 KV heads, seq, head_dim 128]; max_position_embeddings
+#                4096, window_size 2048.
+#   [vllm/sglang] Plamo3Config of the family: rms eps 1e-6, rope_theta 1e6, rope_local_theta
+#                1e4, sliding_window_pattern 8 (defaults, not read from the 2B's config.json).
 # --------------------------------------------------------------------------------------------
 REAL_2B_CONFIG: dict[str, Any] = {
     "architectures": ["Plamo3ForCausalLM"],
     "model_type": "plamo3",
-    "num_hidden_layers": 24,  # [llama.cpp] + [openvino]
-    "num_key_value_heads": 4,  # [openvino]
-    "head_dim": 128,  # [openvino]
+    "num_hidden_layers": 24,  # [shards] + [llama.cpp] + [openvino] + [mesh-llm]
+    "hidden_size": 2560,  # [shards] + [mesh-llm]
+    "num_attention_heads": 24,  # [shards] (query width 3072, not hidden_size)
+    "num_key_value_heads": 4,  # [shards] + [openvino]
+    "head_dim": 128,  # [shards] + [openvino]
+    "intermediate_size": 10240,  # [shards]
+    "vocab_size": 107_520,  # [shards]
+    "tie_word_embeddings": True,  # [shards]
     "window_size": 2048,  # [openvino]
     "max_position_embeddings": 4096,  # [openvino]
     "sliding_window_pattern": 8,  # [llama.cpp] default period + [vllm/sglang]
-    "hidden_size": 3072,  # ASSUMED
-    "num_attention_heads": 24,  # ASSUMED (24 x 128 = hidden_size)
-    "intermediate_size": 8192,  # ASSUMED
-    "vocab_size": 100_000,  # ASSUMED (PLaMo 2's vocabulary is 100,032 in llama.cpp's logs)
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
-    "rope_theta": 1_000_000.0,
-    "rope_local_theta": 10_000.0,
+    "rms_norm_eps": 1e-6,  # [vllm/sglang] default
+    "rope_theta": 1_000_000.0,  # [vllm/sglang] default
+    "rope_local_theta": 10_000.0,  # [vllm/sglang] default
     "rope_scaling_factor": 1.0,
     "bos_token_id": 1,
     "eos_token_id": 2,
     "pad_token_id": 3,
     "torch_dtype": "bfloat16",
 }
-REAL_2B_CONFIRMED = (
-    "num_hidden_layers",
-    "num_key_value_heads",
-    "head_dim",
-    "window_size",
-    "max_position_embeddings",
-    "sliding_window_pattern",
-)
+# The checkpoint's five shard sizes in bytes (see [shards]); tests check the shapes above against
+# them, header bytes aside.
+REAL_2B_SHARD_BYTES = (880_809_608, 2_044_726_424, 1_730_153_144, 550_502_536, 524_568)
 REAL_2B_SOURCES = {
+    "shards": "the checkpoint's safetensors shard sizes, from the Hugging Face download bars "
+    "stored in shu65/plamo-3-inference plamo_3_hf_inference_example.ipynb",
+    "mesh-llm": "a mesh-llm family support matrix: mmnga-o/plamo-3-nict-2b-base-gguf, 24 "
+    "layers, activation width 2560",
     "llama.cpp": "ggml-org/llama.cpp src/models/plamo3.cpp, llama_model_plamo3::load_arch_hparams"
     " (24 layers -> LLM_TYPE_2B)",
     "openvino": "Intel OpenVINO PLaMo-3 sample for pfnet/plamo-3-nict-2b-base, README.md and "
     "convert_to_ov.py (24 layers, 4 KV heads, head_dim 128, window 2048, context 4096)",
+    "vllm/sglang": "Plamo3Config defaults of the family (norm eps, RoPE bases, window pattern)",
 }
 
 
@@ -92,7 +97,7 @@ SMALL_OVERRIDES: dict[str, Any] = {
     "max_position_embeddings": 1024,
     "sliding_window_pattern": 2,
     "hidden_size": 128,
-    "num_attention_heads": 4,
+    "num_attention_heads": 6,  # query width 192 != hidden_size, as in the real shape
     "intermediate_size": 256,
     "vocab_size": 1024,
 }
@@ -259,6 +264,9 @@ def run_child(
     poll_interval: float = 0.05,
 ) -> ChildResult:
     """Run a command to completion; its wall time and peak RSS (VmHWM or wait4, and psutil).
+
+    On Linux VmHWM is polled every `poll_interval` seconds; being a high-water mark, it is exact
+    once the child lives one interval past its peak (benchmark children live seconds longer).
 
     stdout and stderr are captured to a temporary file (not a pipe, so a chatty child cannot
     block) and returned as text."""

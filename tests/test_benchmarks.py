@@ -4,6 +4,7 @@ each script run end to end at the small shape (the code path the real-shape runs
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,30 @@ def test_real_shape_is_the_published_size() -> None:
     assert 2.55e9 < common.param_count(common.real_config())["total"] < 2.7e9
 
 
+def test_real_shape_fills_the_checkpoints_shards() -> None:
+    # Each shard of the real checkpoint is whole bf16 tensors plus a JSON header of a few KiB.
+    from benchmarks.bench_convert import hf_tensor_shapes
+
+    config = common.real_config()
+    tensors = hf_tensor_shapes(config)
+
+    def bf16_bytes(*names: str) -> int:
+        return sum(2 * math.prod(shape) for key, shape in tensors if key.endswith(names))
+
+    attention, mlp, embedding, norms, *rest = (
+        bf16_bytes("qkv_proj.weight", "o_proj.weight"),
+        bf16_bytes("gate_up_proj.weight", "down_proj.weight"),
+        bf16_bytes("embed_tokens.weight"),
+        bf16_bytes("norm.weight"),
+        bf16_bytes("lm_head.weight"),
+    )
+    assert rest == [0]  # tied: no lm_head tensor
+    one, two, three, four, five = common.REAL_2B_SHARD_BYTES
+    header_bytes = [one - attention, two + three - mlp, four - embedding, five - norms]
+    assert all(0 < header < 16 * 1024 for header in header_bytes), header_bytes
+    assert attention + mlp + embedding + norms == 2 * common.param_count(config)["total"]
+
+
 @pytest.mark.parametrize("shape", sorted(common.SHAPES))
 def test_random_checkpoint_layout_equals_the_model_keys(shape: str) -> None:
     from benchmarks.bench_convert import hf_tensor_shapes
@@ -67,12 +92,12 @@ def test_real_config_rejects_an_unknown_shape() -> None:
 @pytest.mark.skipif(sys.platform != "linux", reason="the inherited-maxrss trap is Linux's")
 def test_child_peak_rss_is_the_childs_own_not_the_parents() -> None:
     # wait4's maxrss on Linux carries the parent's peak across fork+exec; the benchmark must
-    # report what the child itself held.
+    # report what the child itself held. (VmHWM is polled, so the child outlives its peak by
+    # more than one poll, as every benchmark child does.)
     parent_ballast = bytearray(600 * 2**20)
-    parent_ballast[:: 4096] = b"x" * len(parent_ballast[:: 4096])
-    child = common.run_child(
-        [sys.executable, "-c", "b = bytearray(200 * 2**20); b[::4096] = b'y' * len(b[::4096])"]
-    )
+    parent_ballast[::4096] = b"x" * len(parent_ballast[::4096])
+    allocate = "b = bytearray(200 * 2**20); b[::4096] = b'y' * len(b[::4096]); del b"
+    child = common.run_child([sys.executable, "-c", f"import time; {allocate}; time.sleep(0.5)"])
     assert child.returncode == 0, child.output
     assert 200 * 2**20 <= child.peak_rss_bytes < 400 * 2**20
     del parent_ballast
@@ -233,3 +258,40 @@ def test_bench_data_small(tmp_path: Path) -> None:
     for variant in variants.values():
         assert variant["v2_build"]["rows"] == 400
         assert variant["v2_build"]["peak_rss_mib"] > 0
+
+
+def test_memory_fit_predicts_the_full_depth_from_shallow_cases(tmp_path: Path) -> None:
+    from benchmarks import bench_memory
+
+    def case(base: str, layers: int, peak: float) -> dict[str, Any]:
+        return {
+            "base": base,
+            "seq_len": 768,
+            "layers": layers,
+            "peak_bytes": peak,
+            "step_seconds": [1.0],
+        }
+
+    # bf16: 0.5 GiB fixed + 0.25 GiB per layer, plus a measured 24-layer case 1% off the line.
+    gib = 2**30
+    cases = [case("bf16", n, (0.5 + 0.25 * n) * gib) for n in (1, 2, 4)]
+    cases += [case("bf16", 24, 6.5 * gib * 1.01), case("4bit", 1, gib), case("4bit", 2, 1.5 * gib)]
+    cases.append(case("4bit", 1, 9 * gib) | {"seq_len": 32})  # one depth only: no fit
+    fits = {f["base"]: f for f in bench_memory.fit_layers(cases, depth=24)}
+    assert set(fits) == {"bf16", "4bit"}
+    assert fits["bf16"]["per_layer_bytes"] == pytest.approx(0.25 * gib)
+    assert fits["bf16"]["predicted_peak_bytes"] == pytest.approx(6.5 * gib)
+    assert fits["bf16"]["measured_peak_bytes"] == pytest.approx(6.5 * gib * 1.01)
+    assert fits["4bit"]["predicted_peak_bytes"] == pytest.approx(12.5 * gib)
+    assert fits["4bit"]["measured_peak_bytes"] is None
+
+    report = tmp_path / "a.json"
+    report.write_text(json.dumps({"results": {"cases": cases}}))
+    out = tmp_path / "fit.json"
+    assert bench_memory.main(["--combine", str(report), "--out", str(out)]) == 0
+    written = json.loads(out.read_text())["results"]["fits"]
+    assert {f["base"] for f in written} == {"bf16", "4bit"}
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(SystemExit, match=r"bad\.json: not a bench_memory report"):
+        bench_memory.main(["--combine", str(bad)])
