@@ -4,8 +4,9 @@ Run from the repository root:
     python -m benchmarks.bench_convert [--repeats 2] [--work-dir DIR] [--quantize]
 
 The input is a random checkpoint with the real 2B shapes (benchmarks/common.py) in the Hugging
-Face layout: bf16 safetensors, HF key names, norm weights stored as deltas, sharded like the Hub
-(5 GB per shard at most) with a model.safetensors.index.json. Writing it is not timed.
+Face layout: bf16 safetensors, HF key names, norm weights stored as deltas, sharded like the real
+checkpoint (attention, MLP, embedding and norms in separate shards of at most 2 GiB: five shards
+at the real shape) with a model.safetensors.index.json. Writing it is not timed.
 
 Each converter runs as a child process, alternating which goes first, with its output directory
 removed (and the page cache flushed with `sync`) between runs; measured per run: wall time and
@@ -54,7 +55,15 @@ from benchmarks.common import (
 )
 
 NAME = "bench_convert"
-MAX_SHARD_BYTES = 5_000_000_000  # the Hub's default max_shard_size="5GB"
+# The real checkpoint's layout (benchmarks/common.py, [shards]): tensors grouped by kind
+# (attention, MLP, embedding, norms), each group cut into shards of at most 2 GiB.
+SHARD_KINDS = (
+    ("qkv_proj.weight", "o_proj.weight"),
+    ("gate_up_proj.weight", "down_proj.weight"),
+    ("embed_tokens.weight", "lm_head.weight"),
+    ("norm.weight",),
+)
+MAX_SHARD_BYTES = 2 * 2**30
 NORM_NAMES = ("pre_mixer_norm", "post_mixer_norm", "pre_mlp_norm", "post_mlp_norm")
 
 
@@ -80,6 +89,28 @@ def hf_tensor_shapes(config: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]
     return shapes
 
 
+def shard_layout(
+    shapes: list[tuple[str, tuple[int, ...]]],
+) -> list[list[tuple[str, tuple[int, ...]]]]:
+    """The tensors split into shards the way the real checkpoint is (bf16 sizes)."""
+    shards: list[list[tuple[str, tuple[int, ...]]]] = []
+    for suffixes in SHARD_KINDS:
+        size = MAX_SHARD_BYTES  # start each kind in a new shard
+        for key, shape in shapes:
+            if not key.endswith(suffixes):
+                continue
+            nbytes = 2 * math.prod(shape)
+            if size + nbytes > MAX_SHARD_BYTES:
+                shards.append([])
+                size = 0
+            shards[-1].append((key, shape))
+            size += nbytes
+    placed = sum(len(shard) for shard in shards)
+    if placed != len(shapes):
+        raise ValueError(f"{len(shapes) - placed} tensors fit none of the shard kinds")
+    return shards
+
+
 def write_random_checkpoint(out_dir: Path, config: dict[str, Any], seed: int = 0) -> dict:
     """A random bf16 HF-layout checkpoint, sharded at 5 GB, with an index; returns stats."""
     import mlx.core as mx
@@ -89,15 +120,7 @@ def write_random_checkpoint(out_dir: Path, config: dict[str, Any], seed: int = 0
     out_dir.mkdir(parents=True, exist_ok=True)
     mx.random.seed(seed)
     shapes = hf_tensor_shapes(config)
-    shards: list[list[tuple[str, tuple[int, ...]]]] = [[]]
-    size = 0
-    for key, shape in shapes:
-        nbytes = 2 * math.prod(shape)
-        if shards[-1] and size + nbytes > MAX_SHARD_BYTES:
-            shards.append([])
-            size = 0
-        shards[-1].append((key, shape))
-        size += nbytes
+    shards = shard_layout(shapes)
     weight_map, total = {}, 0
     for index, shard in enumerate(shards):
         name = f"model-{index + 1:05d}-of-{len(shards):05d}.safetensors"

@@ -48,27 +48,19 @@ def test_real_shape_is_the_published_size() -> None:
 
 
 def test_real_shape_fills_the_checkpoints_shards() -> None:
-    # Each shard of the real checkpoint is whole bf16 tensors plus a JSON header of a few KiB.
-    from benchmarks.bench_convert import hf_tensor_shapes
+    # Each shard of the real checkpoint is whole bf16 tensors plus a JSON header of a few KiB;
+    # the benchmark's random checkpoint must shard the same tensors the same way.
+    from benchmarks.bench_convert import hf_tensor_shapes, shard_layout
 
     config = common.real_config()
     tensors = hf_tensor_shapes(config)
-
-    def bf16_bytes(*names: str) -> int:
-        return sum(2 * math.prod(shape) for key, shape in tensors if key.endswith(names))
-
-    attention, mlp, embedding, norms, *rest = (
-        bf16_bytes("qkv_proj.weight", "o_proj.weight"),
-        bf16_bytes("gate_up_proj.weight", "down_proj.weight"),
-        bf16_bytes("embed_tokens.weight"),
-        bf16_bytes("norm.weight"),
-        bf16_bytes("lm_head.weight"),
-    )
-    assert rest == [0]  # tied: no lm_head tensor
-    one, two, three, four, five = common.REAL_2B_SHARD_BYTES
-    header_bytes = [one - attention, two + three - mlp, four - embedding, five - norms]
-    assert all(0 < header < 16 * 1024 for header in header_bytes), header_bytes
-    assert attention + mlp + embedding + norms == 2 * common.param_count(config)["total"]
+    assert not any(key == "lm_head.weight" for key, _ in tensors)  # tied
+    shards = shard_layout(tensors)
+    data_bytes = [sum(2 * math.prod(shape) for _, shape in shard) for shard in shards]
+    real_bytes = common.REAL_2B_SHARD_BYTES
+    headers = [real - data for real, data in zip(real_bytes, data_bytes, strict=True)]
+    assert all(0 < header < 16 * 1024 for header in headers), headers
+    assert sum(data_bytes) == 2 * common.param_count(config)["total"]
 
 
 @pytest.mark.parametrize("shape", sorted(common.SHAPES))
