@@ -227,7 +227,7 @@ def flush_page_cache_writes() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_args(parser, NAME, repeats=2)
+    add_common_args(parser, NAME, repeats=3)
     add_shape_arg(parser)
     parser.add_argument("--layers", type=int, default=None, help="fewer layers (default: all 24)")
     parser.add_argument("--quantize", action="store_true", help="convert to 4-bit (group 64)")

@@ -5,11 +5,11 @@ rows and written as one JSON array, the shape of glaive's hub file. Two variants
   repeat   - exact copies: dedup leaves ~210 unique queries (glaive itself repeats heavily);
   distinct - each copy's first user message gets a copy number, so every row is unique and
              the recipe draws from a large pool.
-Measured: parse rows/s (parse + label, in memory), and the full `v2` build end to end
-(read, parse, dedup, frozen eval, draw, leakage check, write) in a fresh process, with its
-peak RSS; beside it, the peak RSS of merely `json.load`-ing the same file.
+Measured, medians over --repeats: parse rows/s (parse + label, in memory), and the full `v2`
+build end to end (read, parse, dedup, frozen eval, draw, leakage check, write) in a fresh
+process, with its peak RSS; beside it, the peak RSS of merely `json.load`-ing the same file.
 
-    python -m benchmarks.bench_data [--rows 113000] [--out artifacts/reports/bench_data.json]
+    python -m benchmarks.bench_data [--rows 113000] [--repeats 3] [--out PATH]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,8 +27,10 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 
 import data
 from benchmarks.common import (
+    WorkDir,
     add_common_args,
     emit_result,
+    median,
     own_peak_rss_bytes,
     parse_result_line,
     print_table,
@@ -112,7 +113,7 @@ def measure_in_child(kind: str, source: Path, out: Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_common_args(parser, NAME, repeats=1)
+    add_common_args(parser, NAME, repeats=3)
     parser.add_argument("--rows", type=int, default=113_000, help="rows in the scaled source")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -123,30 +124,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     variants: dict[str, Any] = {}
     table = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with WorkDir(args.work_dir, "bench_data_") as work:
         for variant in ("repeat", "distinct"):
             rows = scaled_rows(args.rows, distinct=variant == "distinct")
-            source = Path(tmp) / f"{variant}.json"
+            source = work / f"{variant}.json"
             source.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
-            parse = bench_parse(rows)
+            parses = [bench_parse(rows) for _ in range(args.repeats)]
             del rows
-            build = measure_in_child("build", source, Path(tmp) / f"out-{variant}")
-            load = measure_in_child("json_load", source, Path(tmp) / "unused")
+            builds = [
+                measure_in_child("build", source, work / f"out-{variant}")
+                for _ in range(args.repeats)
+            ]
+            load = measure_in_child("json_load", source, work / "unused")
             mib = source.stat().st_size / 2**20
+            build_seconds = median([b["seconds"] for b in builds])
+            build_peak = max(b["peak_rss_mib"] for b in builds)
             variants[variant] = {
                 "source_mib": mib,
-                "parse": parse,
-                "v2_build": build,
+                "parse": {
+                    "rows_per_s": median([p["rows_per_s"] for p in parses]),
+                    "runs": parses,
+                },
+                "v2_build": {
+                    "rows": builds[0]["rows"],
+                    "seconds": build_seconds,
+                    "rows_per_s": builds[0]["rows"] / build_seconds,
+                    "peak_rss_mib": build_peak,
+                    "baseline_rss_mib": builds[0]["baseline_rss_mib"],
+                    "runs": builds,
+                },
                 "json_load_only": load,
             }
             table.append(
                 [
                     variant,
                     mib,
-                    parse["rows_per_s"],
-                    build["rows_per_s"],
-                    build["seconds"],
-                    build["peak_rss_mib"],
+                    variants[variant]["parse"]["rows_per_s"],
+                    variants[variant]["v2_build"]["rows_per_s"],
+                    build_seconds,
+                    build_peak,
                     load["peak_rss_mib"],
                 ]
             )
@@ -169,7 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         NAME,
         {"rows": args.rows},
         {"variants": variants},
-        ["build and json.load each run in a fresh process; peak RSS is that process's own"],
+        [
+            "build and json.load each run in a fresh process; peak RSS is that process's own",
+            "parse rows/s and build seconds are medians over --repeats; build peak the largest",
+        ],
         started,
     )
     return 0

@@ -149,7 +149,7 @@ def decode_rate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_args(parser, NAME, repeats=3)
+    add_common_args(parser, NAME, repeats=3, work_dir=False)
     add_shape_arg(parser)
     parser.add_argument("--models", default="tiny,real", help="comma-separated: tiny, real")
     parser.add_argument("--layers", type=int, default=2, help="layers of the real-width model")

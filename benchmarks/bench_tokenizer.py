@@ -189,7 +189,7 @@ TABLE_COLUMNS = (
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_args(parser, NAME, repeats=1)
+    add_common_args(parser, NAME, repeats=3, work_dir=False)
     parser.add_argument(
         "--glaive-dir", type=Path, default=SAMPLES_DIR, help="glaive rows [bundled samples]"
     )

@@ -1,7 +1,7 @@
 """LoRA training throughput at the real layer width: our trainer vs mlx_lm's vs the seed's loop.
 
 Run from the repository root:
-    python -m benchmarks.bench_train [--layers 1] [--dtype bfloat16] [--steps 1]
+    python -m benchmarks.bench_train [--layers 1] [--dtype bfloat16] [--steps 1] [--repeats 3]
 
 Inputs, shared by all three competitors:
 - a random Hugging Face-layout checkpoint at the real 2B width (benchmarks/common.py: hidden
@@ -30,8 +30,9 @@ lr 1e-4, one optimizer step = --examples-per-step examples (the seed's batch 1 x
   (our independent PyTorch PLaMo 3, mlx_plamo3/torch_reference.py) + PEFT LoRA, one example per
   forward, loss / accum, backward, clip 1.0, AdamW + LinearLR; on cuda, mps or cpu.
 
-Reported per competitor: total (input) tokens/s and supervised tokens/s over the timed steps,
-the ratio to ours, peak allocator memory (MLX, or torch's on a GPU) and peak RSS.
+Each competitor runs --repeats times, the order rotated per repeat. Reported per competitor:
+medians over the runs of total (input) tokens/s and supervised tokens/s over the timed steps,
+the ratio to ours, the largest peak allocator memory (MLX, or torch's on a GPU) and peak RSS.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from benchmarks.common import (
     blas_note,
     emit_result,
     gib,
+    median,
     mlx_device,
     param_count,
     parse_result_line,
@@ -395,9 +397,62 @@ def worker_args(args: argparse.Namespace, work: Path, name: str) -> list[str]:
     return command
 
 
+def run_competitor(args: argparse.Namespace, work: Path, name: str) -> dict[str, Any]:
+    """One run of a competitor in its own process; its steps, peaks and timed totals."""
+    child = run_child(worker_args(args, work, name), timeout=args.timeout)
+    if child.returncode != 0:
+        print(child.output[-4000:])
+        return {"error": f"exit code {child.returncode}", "output": child.output[-4000:]}
+    result = parse_result_line(child.output)
+    result["peak_rss_bytes"] = child.peak_rss_bytes
+    result["process_seconds"] = child.seconds
+    timed = result["steps"][1:]  # step 1 is the warm-up
+    seconds = sum(s["seconds"] for s in timed)
+    result["timed"] = {
+        "steps": len(timed),
+        "seconds": seconds,
+        "tokens": sum(s["tokens"] for s in timed),
+        "supervised": sum(s["supervised"] for s in timed),
+        "tokens_per_second": sum(s["tokens"] for s in timed) / seconds,
+        "supervised_per_second": sum(s["supervised"] for s in timed) / seconds,
+        "warmup_seconds": result["steps"][0]["seconds"],
+    }
+    print(json.dumps(result["timed"]), flush=True)
+    return result
+
+
+def summarize_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over a competitor's runs (every run must have succeeded); the runs kept raw."""
+    failed = [run for run in runs if "error" in run]
+    if failed:
+        return {"error": failed[0]["error"], "output": failed[0]["output"], "runs": runs}
+    timed = [run["timed"] for run in runs]
+    return {
+        "timed": {
+            "runs": len(runs),
+            "steps": timed[0]["steps"],
+            "tokens": timed[0]["tokens"],
+            "supervised": timed[0]["supervised"],
+            "seconds_per_step": median([t["seconds"] / t["steps"] for t in timed]),
+            "tokens_per_second": median([t["tokens_per_second"] for t in timed]),
+            "supervised_per_second": median([t["supervised_per_second"] for t in timed]),
+            "warmup_seconds": median([t["warmup_seconds"] for t in timed]),
+        },
+        "peak_bytes": max_or_none([run.get("peak_bytes") for run in runs]),
+        "peak_rss_bytes": max_or_none([run["peak_rss_bytes"] for run in runs]),
+        "runs": runs,
+    }
+
+
+def max_or_none(values: list[int | None]) -> int | None:
+    """The largest measured value; None where the competitor has no such measurement."""
+    measured = [v for v in values if v is not None]
+    return max(measured) if measured else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_args(parser, NAME, repeats=1)
+    add_common_args(parser, NAME, repeats=3)
     add_shape_arg(parser)
     parser.add_argument("--competitors", default=",".join(COMPETITORS))
     parser.add_argument("--layers", type=int, default=1, help="decoder layers at 2B width")
@@ -419,7 +474,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     config = real_config(args.layers, args.shape)
     names = args.competitors.split(",")
-    results: dict[str, Any] = {}
     with WorkDir(args.work_dir, "bench_train_") as work:
         inputs = prepare_inputs(work, args)
         examples = inputs["examples"]
@@ -431,47 +485,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"model {param_count(config)['total'] / 1e9:.2f}B params ({args.layers} layers)",
             flush=True,
         )
-        for name in names:
-            print(f"running {name} ...", flush=True)
-            child = run_child(worker_args(args, work, name), timeout=args.timeout)
-            if child.returncode != 0:
-                print(child.output[-4000:])
-                results[name] = {
-                    "error": f"exit code {child.returncode}",
-                    "output": child.output[-4000:],
-                }
-                continue
-            result = parse_result_line(child.output)
-            result["peak_rss_bytes"] = child.peak_rss_bytes
-            result["process_seconds"] = child.seconds
-            timed = result["steps"][1:]  # step 1 is the warm-up
-            seconds = sum(s["seconds"] for s in timed)
-            result["timed"] = {
-                "steps": len(timed),
-                "seconds": seconds,
-                "tokens": sum(s["tokens"] for s in timed),
-                "supervised": sum(s["supervised"] for s in timed),
-                "tokens_per_second": sum(s["tokens"] for s in timed) / seconds,
-                "supervised_per_second": sum(s["supervised"] for s in timed) / seconds,
-                "warmup_seconds": result["steps"][0]["seconds"],
-            }
-            results[name] = result
-            print(json.dumps(result["timed"]), flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for repeat in range(args.repeats):
+            shift = repeat % len(names)  # rotate the order: no competitor always goes first
+            for name in names[shift:] + names[:shift]:
+                print(f"repeat {repeat}: running {name} ...", flush=True)
+                runs[name].append(run_competitor(args, work, name))
+        results = {name: summarize_runs(name_runs) for name, name_runs in runs.items()}
 
     base = results.get("ours", {}).get("timed", {}).get("tokens_per_second")
     rows = []
     for name in names:
         r = results[name]
         if "error" in r:
-            rows.append([name, "failed", "-", "-", "-", "-", "-", "-", "-"])
+            rows.append([name, "failed", "-", "-", "-", "-", "-", "-", "-", "-"])
             continue
         t = r["timed"]
         rows.append(
             [
                 name,
+                t["runs"],
                 t["steps"],
                 t["warmup_seconds"],
-                t["seconds"] / t["steps"],
+                t["seconds_per_step"],
                 t["tokens_per_second"],
                 t["supervised_per_second"],
                 ratio(t["tokens_per_second"], base) if base else None,
@@ -483,6 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(
         [
             "trainer",
+            "runs",
             "timed steps",
             "warm-up s",
             "s/step",

@@ -530,20 +530,23 @@ def write_report(
     return path
 
 
-def add_common_args(parser, name: str, repeats: int) -> None:
+def add_common_args(parser, name: str, repeats: int | None, work_dir: bool = True) -> None:
+    """--out; --repeats unless `repeats` is None; --work-dir where big inputs are written."""
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
         help=f"JSON results file [default: {DEFAULT_REPORT_DIR / (name + '.json')}]",
     )
-    parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats per case")
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=None,
-        help="where big inputs go (kept); default a temporary directory, removed at the end",
-    )
+    if repeats is not None:
+        parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats per case")
+    if work_dir:
+        parser.add_argument(
+            "--work-dir",
+            type=Path,
+            default=None,
+            help="where big inputs go (kept); default a temporary directory, removed at the end",
+        )
 
 
 class WorkDir:

@@ -158,7 +158,7 @@ def test_bench_train_small(tmp_path: Path) -> None:
 
     out = tmp_path / "train.json"
     argv = ["--shape", "small", "--layers", "2", "--dtype", "float32"]
-    argv += ["--examples-per-step", "2", "--steps", "1", "--out", str(out)]
+    argv += ["--examples-per-step", "2", "--steps", "1", "--repeats", "2", "--out", str(out)]
     assert bench_train.main(argv) == 0
     doc = read_report(out, "bench_train")
     results = doc["results"]
@@ -166,8 +166,12 @@ def test_bench_train_small(tmp_path: Path) -> None:
     for name, result in results.items():
         assert "error" not in result, (name, result.get("output"))
         timed = result["timed"]
+        assert timed["runs"] == 2 and len(result["runs"]) == 2, name
         assert timed["steps"] == 1 and timed["tokens_per_second"] > 0, name
-        assert all(step["loss"] == step["loss"] for step in result["steps"]), name  # no NaN
+        per_run = sorted(run["timed"]["tokens_per_second"] for run in result["runs"])
+        assert per_run[0] <= timed["tokens_per_second"] <= per_run[1], name
+        for run in result["runs"]:
+            assert all(step["loss"] == step["loss"] for step in run["steps"]), name  # no NaN
     # Ours and the seed's loop count the same tokens of the same examples.
     for key in ("tokens", "supervised"):
         assert results["ours"]["timed"][key] == results["torch"]["timed"][key]
@@ -244,12 +248,15 @@ def test_bench_data_small(tmp_path: Path) -> None:
     from benchmarks import bench_data
 
     out = tmp_path / "data.json"
-    assert bench_data.main(["--rows", "400", "--out", str(out)]) == 0
+    argv = ["--rows", "400", "--repeats", "2", "--work-dir", str(tmp_path / "work")]
+    assert bench_data.main([*argv, "--out", str(out)]) == 0
     variants = read_report(out, "bench_data")["results"]["variants"]
     assert set(variants) == {"repeat", "distinct"}
     for variant in variants.values():
         assert variant["v2_build"]["rows"] == 400
+        assert len(variant["v2_build"]["runs"]) == 2 and len(variant["parse"]["runs"]) == 2
         assert variant["v2_build"]["peak_rss_mib"] > 0
+    assert (tmp_path / "work" / "distinct.json").is_file()  # --work-dir is kept
 
 
 def test_memory_fit_predicts_the_full_depth_from_shallow_cases(tmp_path: Path) -> None:
