@@ -153,7 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_shape_arg(parser)
     parser.add_argument("--models", default="tiny,real", help="comma-separated: tiny, real")
     parser.add_argument("--layers", type=int, default=2, help="layers of the real-width model")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="bfloat16",
+        help="weights and compute dtype of both implementations [%(default)s]",
+    )
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--prompt-len", type=int, default=32, help="prompt tokens per row")
     parser.add_argument("--new-tokens", type=int, default=32, help="N: new tokens per row")

@@ -81,8 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="model directory [default: tiny random]")
     parser.add_argument("--eval-file", type=Path, help="an eval.jsonl to use instead of building")
     parser.add_argument("--source", type=Path, default=SAMPLE_SOURCE, help="glaive rows to build")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="questions per batch in the batched modes"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=160, help="greedy tokens per answer at most"
+    )
     parser.add_argument("--fewshot", action="store_true", help="the seed's 2-shot prompt")
     parser.add_argument(
         "--no-third-mode", action="store_true", help="skip 'batched, no reuse' (prefix effect)"

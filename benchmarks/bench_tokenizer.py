@@ -195,7 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tokenizer-dir", type=Path, help="a real checkpoint directory, if any")
     parser.add_argument("--examples", type=int, default=1718, help="conversations for `mask`")
-    parser.add_argument("--synthetic-size", type=int, default=32000, help="0 to skip")
+    parser.add_argument(
+        "--synthetic-size",
+        type=int,
+        default=32000,
+        help="pieces of the synthetic vocabulary grown from the corpus; 0 to skip",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
 

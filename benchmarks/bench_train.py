@@ -454,12 +454,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, NAME, repeats=3)
     add_shape_arg(parser)
-    parser.add_argument("--competitors", default=",".join(COMPETITORS))
+    parser.add_argument(
+        "--competitors",
+        default=",".join(COMPETITORS),
+        help="comma-separated subset of: " + ", ".join(COMPETITORS),
+    )
     parser.add_argument("--layers", type=int, default=1, help="decoder layers at 2B width")
-    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    parser.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="model dtype for all competitors (float32 is far faster on a CPU)",
+    )
     parser.add_argument("--examples-per-step", type=int, default=8, help="the seed's grad-accum")
     parser.add_argument("--steps", type=int, default=1, help="timed optimizer steps")
-    parser.add_argument("--max-length", type=int, default=768)
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=768,
+        help="longest example in tokens; longer rows are skipped",
+    )
     parser.add_argument("--grad-checkpoint", action="store_true", help="for all competitors")
     parser.add_argument("--source", type=Path, default=SAMPLE_SOURCE, help="glaive rows")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per competitor")
