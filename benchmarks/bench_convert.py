@@ -1,7 +1,7 @@
 """Conversion of a full-size random PLaMo 3 2B checkpoint: `python -m convert` vs `mlx_lm.convert`.
 
 Run from the repository root:
-    python -m benchmarks.bench_convert [--repeats 2] [--work-dir DIR] [--quantize]
+    python -m benchmarks.bench_convert [--repeats 3] [--work-dir DIR] [--quantize]
 
 The input is a random checkpoint with the real 2B shapes (benchmarks/common.py) in the Hugging
 Face layout: bf16 safetensors, HF key names, norm weights stored as deltas, sharded like the real
@@ -112,7 +112,7 @@ def shard_layout(
 
 
 def write_random_checkpoint(out_dir: Path, config: dict[str, Any], seed: int = 0) -> dict:
-    """A random bf16 HF-layout checkpoint, sharded at 5 GB, with an index; returns stats."""
+    """A random bf16 HF-layout checkpoint, sharded like the real one, with an index; stats."""
     import mlx.core as mx
 
     from convert.tiny_vocab import write_tiny_tokenizer
