@@ -99,9 +99,11 @@ def worker(args: argparse.Namespace) -> None:
     from mlx.utils import tree_flatten, tree_map
 
     from mlx_plamo3.lora import LoraConfig, apply_lora
-    from train.batches import micro_batches
+    from mlx_plamo3.model import ModelArgs
+    from train.batches import micro_batches, pass_shapes
     from train.config import TrainConfig
     from train.layers import pass_key, prepare_for_training
+    from train.memory import Planner
     from train.trainer import make_optimizer, step_functions
 
     config = real_config(args.layers, args.shape)
@@ -116,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
     mx.random.seed(cfg.seed)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
     apply_lora(model, lora)
-    keys = prepare_for_training(model, cfg.lora_dropout, cfg.grad_checkpoint)
+    keys = prepare_for_training(model, cfg.lora_dropout)
     model.train()
     optimizer = make_optimizer(cfg, args.steps)
     optimizer.init(model.trainable_parameters())
@@ -125,13 +127,17 @@ def worker(args: argparse.Namespace) -> None:
     loss_and_grad, apply_update = step_functions(model, optimizer, keys, cfg)
 
     example = synthetic_example(args.seq_len, args.supervised, config["vocab_size"])
-    batches = micro_batches(
-        [example],
-        pack_length=max(cfg.max_length, args.seq_len),
-        max_batch_tokens=max(cfg.max_batch_tokens, args.seq_len),
-        pad_multiple=cfg.pad_multiple if args.seq_len >= cfg.pad_multiple else 1,
-        packing=cfg.packing,
+    layout = {
+        "pack_length": max(cfg.max_length, args.seq_len),
+        "max_batch_tokens": args.seq_len,
+        "pad_multiple": cfg.pad_multiple if args.seq_len >= cfg.pad_multiple else 1,
+    }
+    batches = micro_batches([example], **layout)
+    quantization = {"group_size": Q_GROUP, "bits": Q_BITS} if args.worker == "4bit" else None
+    planner = Planner(
+        ModelArgs.from_dict({**config, "quantization": quantization}), "bfloat16", lora, 0, ""
     )
+    predicted = planner.peak_bytes(pass_shapes([example], **layout), cfg.grad_checkpoint)
     mx.clear_cache()  # give building's freed buffers back, so RSS shows the steps
     rss_reset = reset_own_peak_rss()
     mx.reset_peak_memory()
@@ -161,6 +167,7 @@ def worker(args: argparse.Namespace) -> None:
             "build_seconds": build_seconds,
             "weights_bytes": weights_bytes,
             "peak_bytes": int(mx.get_peak_memory()),
+            "predicted_peak_bytes": int(predicted),
             "steps_peak_rss_bytes": own_peak_rss_bytes() if rss_reset else None,
             "step_seconds": step_seconds,
             "losses": losses,
@@ -350,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{case['params'] / 1e9:.2f}B",
                 gib(case["weights_bytes"]),
                 gib(case["peak_bytes"]),
+                gib(case["predicted_peak_bytes"]),
+                case["predicted_peak_bytes"] / case["peak_bytes"],
                 gib(case["steps_peak_rss_bytes"]),
                 gib(case["peak_rss_bytes"]),
                 case["build_seconds"],
@@ -368,6 +377,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "params",
             "weights GiB",
             "MLX peak GiB",
+            "plan GiB",
+            "plan / measured",
             "RSS steps GiB",
             "RSS process GiB",
             "build s",

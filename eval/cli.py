@@ -167,7 +167,19 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
     "--label", help="Name of this run in the records and the default file name [condition]."
 )
 @click.option("--limit", type=int, help="Evaluate only the first N questions.")
-@click.option("--batch-size", default=8, show_default=True, help="Prompts generated together.")
+@click.option(
+    "--batch-size",
+    default=8,
+    show_default=True,
+    help="Prompts generated together (lowered when the memory budget needs it).",
+)
+@click.option(
+    "--memory-limit",
+    type=float,
+    default=None,
+    help="Memory budget in GiB [default: what MLX may use here: Metal's recommended working "
+    "set on Apple silicon, else a share of RAM].",
+)
 @click.option("--max-new-tokens", default=160, show_default=True, help="The seed used 160.")
 @click.option(
     "--no-prefix-reuse", is_flag=True, help="Run every prompt from scratch, like the seed."
@@ -194,6 +206,7 @@ def eval_command(
     label: str | None,
     limit: int | None,
     batch_size: int,
+    memory_limit: float | None,
     max_new_tokens: int,
     no_prefix_reuse: bool,
     compare: tuple[str, str] | None,
@@ -206,6 +219,7 @@ def eval_command(
         except (RecordsError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         return
+    import mlx.core as mx
     from tqdm import tqdm
 
     from data import load_rows, resolve_dataset
@@ -213,6 +227,7 @@ def eval_command(
     from mlx_plamo3.io import file_sha256
     from mlx_plamo3.loading import load
     from mlx_plamo3.lora import load_adapter
+    from mlx_plamo3.memory import budget
     from mlx_plamo3.paths import artifact_dir
 
     if condition == "lora" and not adapter:
@@ -231,6 +246,7 @@ def eval_command(
             model.eval()
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    limit_bytes, _ = budget(memory_limit)
     total = min(limit, len(rows)) if limit else len(rows)
     with tqdm(total=total, desc=f"eval {label}", unit="q") as bar:
         records = run_eval(
@@ -244,6 +260,7 @@ def eval_command(
             max_new_tokens=max_new_tokens,
             share_prefix=not no_prefix_reuse,
             progress=bar.update,
+            memory_available=limit_bytes - mx.get_active_memory(),
         )
     records["summary"] |= {
         "model": str(model_path),

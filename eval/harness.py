@@ -9,6 +9,7 @@ from typing import Any
 
 from eval.scoring import summarize
 from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
+from mlx_plamo3.memory import activation_dtype, generation_batch_size
 
 CONDITIONS = ("base", "base-fewshot", "lora")
 TURN_END = "<|plamo:tag|>"
@@ -58,15 +59,27 @@ def run_eval(
     max_new_tokens: int = 160,
     share_prefix: bool = True,
     progress: Callable[[int], None] | None = None,
+    memory_available: int | None = None,
 ) -> dict[str, Any]:
     """Records `{"summary", "rows"}` for the eval rows (the first `limit`, if given).
 
-    `condition` labels the run; `fewshot` inserts the seed's 2-shot turns."""
+    `condition` labels the run; `fewshot` inserts the seed's 2-shot turns. With
+    `memory_available` (bytes beyond the loaded model), the batch size is lowered until the
+    predicted KV cache, prefill and logits of a batch fit in it."""
     rows = list(eval_rows)[:limit] if limit else list(eval_rows)
     prompts = [
         tokenizer.apply_chat_template(prompt_messages(r, fewshot), add_generation_prompt=True)
         for r in rows
     ]
+    if memory_available is not None and prompts:
+        batch_size = generation_batch_size(
+            model.args,
+            activation_dtype(model),
+            memory_available,
+            max(len(p) for p in prompts),
+            max_new_tokens,
+            batch_size,
+        )
     started = time.perf_counter()
     outputs = generate(
         model,
@@ -93,5 +106,10 @@ def run_eval(
     ]
     summary = summarize(records, "seed", condition=condition, minutes=round(minutes, 2))
     summary["strict"] = summarize(records, "strict", condition=condition)
-    summary["decoding"] = {"greedy": True, "max_new_tokens": max_new_tokens, "stop": TURN_END}
+    summary["decoding"] = {
+        "greedy": True,
+        "max_new_tokens": max_new_tokens,
+        "stop": TURN_END,
+        "batch_size": batch_size,
+    }
     return {"summary": summary, "rows": records}

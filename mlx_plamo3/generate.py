@@ -49,7 +49,8 @@ def prefill_prefix(model: Model, prefix: Sequence[int]) -> Plamo3Cache | None:
     if not prefix:
         return None
     cache = model.make_cache(1)
-    mx.eval(model(mx.array([list(prefix)], dtype=mx.int32), cache=cache))
+    # Only the cache is needed: no logits for the prefix.
+    mx.eval(model.hidden_states(mx.array([list(prefix)], dtype=mx.int32), cache=cache))
     return cache
 
 
@@ -87,7 +88,8 @@ def generate_batch(
     else:
         cache, prefix_length = model.make_cache(batch), 0
     ids, mask = left_pad([p[prefix_length:] for p in prompts], pad_id)
-    logits = model(ids, cache=cache, attention_mask=mask)[:, -1, :]
+    # The output head on the last position only: [batch, vocab], never [batch, length, vocab].
+    logits = model.logits(model.hidden_states(ids, cache=cache, attention_mask=mask)[:, -1, :])
     key = mx.random.key(sampling.seed) if sampling.temperature > 0 else None
     outputs: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch

@@ -305,10 +305,14 @@ class Attention(nn.Module):
         values = heads(values, self.num_kv_heads)
         if cache is not None:
             keys, values = cache.update(keys, values)
-        out = mx.fast.scaled_dot_product_attention(
+        out = self.attend(queries, keys, values, mask)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+
+    def attend(self, queries: mx.array, keys: mx.array, values: mx.array, mask: mx.array):
+        """Scaled dot-product attention of [B, heads, L, head_dim] queries over the keys."""
+        return mx.fast.scaled_dot_product_attention(
             queries, keys, values, scale=self.scale, mask=mask
         )
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
 
 
 class MLP(nn.Module):
@@ -406,6 +410,23 @@ class Model(nn.Module):
             return self.model.embed_tokens.as_linear(hidden)
         return self.lm_head(hidden)
 
+    def attention_inputs(
+        self,
+        positions: mx.array,
+        full_keys: KeyMeta,
+        sliding_keys: KeyMeta,
+        segment_ids: mx.array | None = None,
+    ) -> tuple[dict[bool, Rotary], dict[bool, mx.array]]:
+        """RoPE tables and masks of the queries at `positions`, by layer kind (True: full)."""
+        masks = {
+            True: attention_allowed(positions, full_keys, None, segment_ids, segment_ids),
+            False: attention_allowed(
+                positions, sliding_keys, self.args.window_size, segment_ids, segment_ids
+            ),
+        }
+        rotaries = {kind: Rotary(*self._rope[kind], positions) for kind in (True, False)}
+        return rotaries, masks
+
     def hidden_states(
         self,
         inputs: mx.array,
@@ -432,13 +453,7 @@ class Model(nn.Module):
             sliding_keys = cache.sliding_meta.extend(positions, valid)
         else:
             full_keys = sliding_keys = new_keys
-        masks = {
-            True: attention_allowed(positions, full_keys, None, segment_ids, segment_ids),
-            False: attention_allowed(
-                positions, sliding_keys, self.args.window_size, segment_ids, segment_ids
-            ),
-        }
-        rotaries = {kind: Rotary(*self._rope[kind], positions) for kind in (True, False)}
+        rotaries, masks = self.attention_inputs(positions, full_keys, sliding_keys, segment_ids)
 
         h = self.model.embed_tokens(inputs)
         for i, layer in enumerate(self.layers):

@@ -191,6 +191,19 @@ def test_bench_memory_small(tmp_path: Path) -> None:
     assert cases["4bit"]["weights_bytes"] < cases["bf16"]["weights_bytes"] / 2
 
 
+def test_bench_memory_plan_and_bench_plan_run(tmp_path: Path) -> None:
+    from benchmarks import bench_memory_plan, bench_plan
+
+    out = tmp_path / "memory_plan.json"
+    assert bench_memory_plan.main(["--cases", "quick", "--out", str(out)]) == 0
+    (case,) = read_report(out, "bench_memory_plan")["results"]["cases"]
+    assert case["peak_bytes"] > 0 and case["predicted_bytes"] > 0
+    out = tmp_path / "plan.json"
+    assert bench_plan.main(["--steps", "3", "--out", str(out)]) == 0
+    plans = read_report(out, "bench_plan")["results"]["plans"]
+    assert {p["base"] for p in plans} == {"bf16", "4bit"} and all(p["fits"] for p in plans)
+
+
 def test_bench_decode_small_agrees_with_mlx_lm(tmp_path: Path) -> None:
     from benchmarks import bench_decode
 

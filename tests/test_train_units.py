@@ -25,7 +25,7 @@ from train.batches import (
 )
 from train.cli import train_command
 from train.config import ConfigError, TrainConfig, load_yaml_config, merge_config, tracking_params
-from train.layers import pass_key, prepare_for_training
+from train.layers import pass_key, prepare_for_training, recomputing_loss_and_grad
 from train.loss import example_losses, unbatched_example_loss, weighted_loss
 from train.trainer import eval_subset, linear_lr, make_optimizer
 
@@ -120,7 +120,9 @@ def test_out_of_range_settings_are_refused():
 
 
 def test_tracking_params_hold_every_setting_but_no_credentials():
-    params = tracking_params(TrainConfig(), {"hf_token": "hf_secret", "api_key": "x"})
+    params = tracking_params(
+        TrainConfig(max_batch_tokens=4096), {"hf_token": "hf_secret", "api_key": "x"}
+    )
     assert params["lora_r"] == "16" and params["max_batch_tokens"] == "4096"
     assert params["target_modules"] == "qkv_proj,o_proj,gate_up_proj,down_proj"
     assert "hf_token" not in params and "api_key" not in params
@@ -267,16 +269,20 @@ def grads_with(tiny_mlx_dir, dropout: float, checkpoint: bool):
     model = load_model(tiny_mlx_dir)
     apply_lora(model, LoraConfig(r=4, lora_dropout=dropout))
     randomize_lora_b(model)  # with B = 0 the LoRA input (and its dropout) cannot reach the loss
-    keys = prepare_for_training(model, dropout, checkpoint)
+    keys = prepare_for_training(model, dropout)
     model.train()
     examples = [fake_example(0, 40, 30), fake_example(1, 24, 20)]
     (batch,) = micro_batches(examples, pack_length=64, max_batch_tokens=4096, pad_multiple=16)
+    arrays = [mx.array(a) for a in batch.arrays()]
+    if checkpoint:
+        loss, grads = recomputing_loss_and_grad(model, keys)(*arrays, pass_key(0, 0, 0))
+        return float(loss), dict(tree_flatten(grads))
 
     def loss_fn(*arrays):
         keys.set(pass_key(0, 0, 0))
         return weighted_loss(model, *arrays)
 
-    loss, grads = nn.value_and_grad(model, loss_fn)(*(mx.array(a) for a in batch.arrays()))
+    loss, grads = nn.value_and_grad(model, loss_fn)(*arrays)
     return float(loss), dict(tree_flatten(grads))
 
 

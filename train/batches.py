@@ -7,6 +7,7 @@
    resumed run takes the same examples in the same steps.
 3. `micro_batches`: a step's examples packed into rows (first-fit decreasing) with per-example
    segment ids and RoPE positions, rows grouped into forward passes under a token budget.
+   `pass_shapes` gives the same passes' shapes without building them (for the memory plan).
 
 Batching never changes which examples make up an update, only how they are computed: each
 supervised target token carries the weight 1 / (its example's supervised tokens x the step's
@@ -174,6 +175,56 @@ def group_rows(row_lengths: Sequence[int], max_batch_tokens: int) -> list[list[i
     return groups
 
 
+@dataclass(frozen=True)
+class PassShape:
+    """The shape of one forward pass: rows x width input slots, `scored` output-head rows."""
+
+    rows: int
+    width: int
+    scored: int
+
+    @property
+    def slots(self) -> int:
+        return self.rows * self.width
+
+
+def pass_layout(
+    examples: Sequence[Example],
+    pack_length: int,
+    max_batch_tokens: int,
+    pad_multiple: int,
+    packing: bool,
+) -> tuple[list[list[int]], list[int], list[list[int]]]:
+    """(examples of each row, padded width of each row, rows of each forward pass)."""
+    if not examples:
+        raise ValueError("an optimizer step needs at least one example")
+    rows = layout_rows(examples, pack_length, packing)
+    widths = [round_up(sum(examples[i].slots for i in row), pad_multiple) for row in rows]
+    return rows, widths, group_rows(widths, max_batch_tokens)
+
+
+def pass_shapes(
+    examples: Sequence[Example],
+    *,
+    pack_length: int,
+    max_batch_tokens: int,
+    pad_multiple: int = 64,
+    packing: bool = True,
+) -> list[PassShape]:
+    """The shapes `micro_batches` would give these examples, without building the arrays."""
+    rows, widths, groups = pass_layout(
+        examples, pack_length, max_batch_tokens, pad_multiple, packing
+    )
+    shapes = []
+    for group in groups:
+        supervised = sum(examples[i].n_supervised for r in group for i in rows[r])
+        slots = len(group) * widths[group[0]]
+        # As scored_indices pads them, when an unweighted slot exists to point at.
+        scored = supervised if supervised == slots else round_up(max(supervised, 1), pad_multiple)
+        shapes.append(PassShape(len(group), widths[group[0]], scored))
+    return shapes
+
+
 def micro_batches(
     examples: Sequence[Example],
     *,
@@ -184,14 +235,12 @@ def micro_batches(
     pad_id: int = 0,
 ) -> list[MicroBatch]:
     """The forward passes of one optimizer step over `examples` (weights sum to one step)."""
-    if not examples:
-        raise ValueError("an optimizer step needs at least one example")
-    rows = layout_rows(examples, pack_length, packing)
-    fills = [sum(examples[i].slots for i in row) for row in rows]
-    widths = [round_up(f, pad_multiple) for f in fills]
+    rows, widths, groups = pass_layout(
+        examples, pack_length, max_batch_tokens, pad_multiple, packing
+    )
     n_step = len(examples)
     batches = []
-    for group in group_rows(widths, max_batch_tokens):
+    for group in groups:
         width = widths[group[0]]
         shape = (len(group), width)
         inputs = np.full(shape, pad_id, np.int32)

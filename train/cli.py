@@ -6,6 +6,7 @@ generated from the dataclass, so the help text, the YAML keys and the MLflow par
 
 from __future__ import annotations
 
+import json
 import typing
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
@@ -44,7 +45,8 @@ def config_options(command: Any) -> Any:
         shown = _shown_default(f)
         if kind is bool:
             names = [f"{flag}/--no-{f.name.replace('_', '-')}"]
-            help_text += f"  [default: {'on' if f.default else 'off'}]"
+            if f.default is not None:
+                help_text += f"  [default: {'on' if f.default else 'off'}]"
             option = click.option(*names, f.name, default=None, help=help_text)
         else:
             click_type: Any = {int: int, float: float}.get(kind, str)
@@ -92,10 +94,23 @@ def build_config(
     "given on the command line override it.",
 )
 @click.option("--print-config", is_flag=True, help="Print the merged settings as YAML and exit.")
+@click.option(
+    "--plan",
+    "plan_only",
+    is_flag=True,
+    help="Print the memory plan (predicted peak, budget, chosen batching) and exit without "
+    "training; needs only the model's config.json and tokenizer files, no weights.",
+)
+@click.option("--json", "as_json", is_flag=True, help="With --plan: print the plan as JSON.")
 @config_options
 @click.pass_context
 def train_command(
-    ctx: click.Context, config_file: Path | None, print_config: bool, **params: Any
+    ctx: click.Context,
+    config_file: Path | None,
+    print_config: bool,
+    plan_only: bool,
+    as_json: bool,
+    **params: Any,
 ) -> None:
     """Train the tool-calling LoRA (the seed's recipe by default) on a built dataset.
 
@@ -105,9 +120,14 @@ def train_command(
     8 examples per optimizer step, gradient clipping at 1.0, 1 epoch, examples over 768
     tokens dropped; loss on the assistant turns only. Tracked in MLflow (experiment
     plamo3-tool-calling), checkpoints with the frozen eval every 50 steps.
+
+    \b
+    Memory: before step 1 the trainer predicts the step's peak memory and picks the fastest
+    pass size, packing and gradient checkpointing that fit the budget (--memory-limit, else
+    what MLX may use on this device); settings you give win. --plan shows the plan only.
     """
     from data import LeakageError
-    from train.trainer import TrainError, train
+    from train.trainer import TrainError, memory_plan, train
 
     try:
         config = build_config(ctx, config_file, params)
@@ -115,6 +135,16 @@ def train_command(
         raise click.BadParameter(str(exc)) from None
     if print_config:
         click.echo(yaml.safe_dump(asdict(config), sort_keys=False), nl=False)
+        return
+    if as_json and not plan_only:
+        raise click.UsageError("--json goes with --plan")
+    if plan_only:
+        try:
+            plan = memory_plan(config, log=(lambda message: None) if as_json else click.echo)
+        except (TrainError, LeakageError, FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        if as_json:
+            click.echo(json.dumps(plan.to_dict(), indent=2))
         return
     try:
         result = train(config)

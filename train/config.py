@@ -20,6 +20,9 @@ import yaml
 from mlx_plamo3.lora import ALL_LINEAR, AdapterError, LoraConfig
 
 DTYPES = ("bfloat16", "float16", "float32")
+# Settings that change how a step is computed, never its result; the memory plan fills in those
+# not given.
+BATCHING = ("max_batch_tokens", "packing", "grad_checkpoint")
 DEFAULT_MODEL_NAME = "plamo-3-nict-2b-base"
 DEFAULT_EXPERIMENT = "plamo3-tool-calling"
 # Param names that could carry credentials never reach MLflow (none exists today; a guard).
@@ -99,22 +102,30 @@ class TrainConfig:
     dtype: str = setting(
         "bfloat16", "Dtype of the base weights (LoRA parameters stay float32).", choices=DTYPES
     )
-    packing: bool = setting(
-        True,
+    packing: bool | None = setting(
+        None,
         "Pack a step's examples into shared rows with per-example attention and positions; "
-        "off: one example per row, padded.",
+        "off: one example per row, padded. [default: chosen by the memory plan]",
     )
-    max_batch_tokens: int = setting(
-        4096,
+    max_batch_tokens: int | None = setting(
+        None,
         "Token budget of one forward pass (rows x row length); a step needing more runs "
-        "several passes and accumulates their gradients.",
+        "several passes and accumulates their gradients. [default: chosen by the memory plan]",
     )
     pad_multiple: int = setting(
         64, "Row lengths are rounded up to a multiple of this, so few shapes get compiled."
     )
+    memory_limit: float | None = setting(
+        None,
+        "Memory budget in GiB that the step must fit (MLX's memory limit is set to it) "
+        "[default: what MLX may use here: Metal's recommended working set on Apple silicon, "
+        "else a share of RAM].",
+    )
     compile: bool = setting(True, "Compile the training step with mx.compile.")
-    grad_checkpoint: bool = setting(
-        False, "Recompute each layer's activations in the backward pass to save memory."
+    grad_checkpoint: bool | None = setting(
+        None,
+        "Recompute each layer's activations in the backward pass to save memory. "
+        "[default: chosen by the memory plan]",
     )
     # ---- checkpoints and checkpoint evals ------------------------------------------------------
     checkpoint_every: int = setting(
@@ -151,6 +162,10 @@ class TrainConfig:
     def default_run_name(self) -> str:
         return self.run_name or f"plamo3-{Path(self.data).name}-r{self.lora_r}"
 
+    def given_batching(self) -> dict[str, Any]:
+        """The batching settings given explicitly (the memory plan chooses the others)."""
+        return {name: getattr(self, name) for name in BATCHING if getattr(self, name) is not None}
+
     def eval_interval(self) -> int:
         return self.eval_every or self.checkpoint_every
 
@@ -160,7 +175,6 @@ class TrainConfig:
             "lora_r",
             "grad_accum",
             "epochs",
-            "max_batch_tokens",
             "pad_multiple",
             "checkpoint_every",
             "eval_batch_size",
@@ -169,10 +183,12 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_every", "eval_limit"):
+        for name in ("eval_every", "eval_limit", "max_batch_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 when given, got {value}")
+        if self.memory_limit is not None and not self.memory_limit > 0:
+            raise ConfigError(f"memory_limit must be > 0 GiB when given, got {self.memory_limit}")
         if self.max_length < 2:
             raise ConfigError(
                 f"max_length must be >= 2 (a prompt and a target), got {self.max_length}"

@@ -58,6 +58,13 @@ def weighted_loss(
     hidden = model.hidden_states(
         inputs, attention_mask=valid, positions=positions, segment_ids=segments
     )
+    return scored_loss(model, hidden, targets, weights, scored)
+
+
+def scored_loss(
+    model: nn.Module, hidden: mx.array, targets: mx.array, weights: mx.array, scored: mx.array
+) -> mx.array:
+    """The loss from the final normed hidden states [rows, length, hidden] of a pass."""
     hidden = hidden.reshape(-1, hidden.shape[-1])[scored]
     ce = token_cross_entropy(model.logits(hidden), targets.reshape(-1)[scored])
     return (ce * weights.reshape(-1)[scored]).sum()

@@ -16,7 +16,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,10 @@ from mlx.utils import tree_flatten, tree_map
 from tqdm import tqdm
 
 from mlx_plamo3.io import atomic_write_json, file_sha256
+from mlx_plamo3.loading import CheckpointError, read_config
 from mlx_plamo3.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, save_adapter
+from mlx_plamo3.memory import budget
+from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.paths import artifact_dir, mlflow_uri
 from train.batches import Encoded, encode_rows, micro_batches, plan_steps
 from train.checkpoints import (
@@ -36,11 +39,18 @@ from train.checkpoints import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    read_trainer_state,
     save_checkpoint,
 )
 from train.config import DEFAULT_MODEL_NAME, TrainConfig, tracking_params
-from train.layers import ForwardKeys, pass_key, prepare_for_training
+from train.layers import (
+    ForwardKeys,
+    pass_key,
+    prepare_for_training,
+    recomputing_loss_and_grad,
+)
 from train.loss import weighted_loss
+from train.memory import MemoryPlan, MemoryPlanError, Planner, apply_limits
 from train.tracking import Tracker, make_tracker
 
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
@@ -167,7 +177,8 @@ def step_functions(
     model: nn.Module, optimizer: optim.Optimizer, keys: ForwardKeys, cfg: TrainConfig
 ) -> tuple[Callable[..., Any], Callable[[Any], None]]:
     """One forward pass's (loss, gradients), and the optimizer update with clipping: compiled
-    when cfg.compile. The benchmarks measure these same two functions."""
+    when cfg.compile (with gradient checkpointing, the layer-by-layer recomputation is not).
+    The benchmarks measure these same two functions."""
 
     def pass_loss(inputs, targets, weights, positions, segments, valid, scored, key):
         keys.set(key)
@@ -178,11 +189,15 @@ def step_functions(
             grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
         optimizer.update(model, grads)
 
-    loss_and_grad = nn.value_and_grad(model, pass_loss)
+    if cfg.grad_checkpoint:
+        loss_and_grad = recomputing_loss_and_grad(model, keys)
+    else:
+        loss_and_grad = nn.value_and_grad(model, pass_loss)
     if cfg.compile:
         # Explicit state: the model's (value_and_grad swaps its parameters during the trace)
         # and the optimizer's (moments, step, scheduled learning rate).
-        loss_and_grad = mx.compile(loss_and_grad, inputs=model.state, outputs=model.state)
+        if not cfg.grad_checkpoint:
+            loss_and_grad = mx.compile(loss_and_grad, inputs=model.state, outputs=model.state)
         both = [model.state, optimizer.state]
         apply_update = mx.compile(apply_update, inputs=both, outputs=both)
     return loss_and_grad, apply_update
@@ -272,16 +287,47 @@ class Trainer:
         config: TrainConfig,
         on_step: Callable[[StepStats], None] | None = None,
         log: Callable[[str], None] = echo,
+        plan_only: bool = False,
     ) -> None:
+        """Everything up to step 1. The memory plan comes first: a `max_length` example that
+        cannot fit stops the run before any data or weights are read. With `plan_only`, stop
+        after the plan (no weights loaded, nothing written)."""
         self.config = config.validate()
         self.on_step = on_step
         self.log = log
+        self._setup_planner()
         self._setup_data()
-        self._setup_output()
+        if plan_only:
+            self.resume_from = latest_checkpoint(self._adapter_dir()) if config.resume else None
+        else:
+            self._setup_output()
+        self._setup_examples()
+        self._setup_memory_plan()
+        if plan_only:
+            return
         self._setup_model()
         self._setup_optimizer()
 
     # ---- setup ----------------------------------------------------------------------------
+
+    def _setup_planner(self) -> None:
+        cfg = self.config
+        self.model_dir = Path(cfg.model or artifact_dir("models", DEFAULT_MODEL_NAME))
+        if not self.model_dir.is_dir():
+            raise TrainError(
+                f"no model at {self.model_dir}; convert one with `python -m convert --hf-path "
+                f"pfnet/plamo-3-nict-2b-base --mlx-path {self.model_dir}` or pass --model"
+            )
+        try:
+            args = ModelArgs.from_dict(read_config(self.model_dir), str(self.model_dir))
+        except (CheckpointError, ValueError) as exc:
+            raise TrainError(str(exc)) from None
+        limit, source = budget(cfg.memory_limit)
+        self.planner = Planner(args, cfg.dtype, cfg.lora_config(), limit, source)
+        try:
+            self.planner.check_one_example(cfg.max_length, cfg.pad_multiple)
+        except MemoryPlanError as exc:
+            raise TrainError(str(exc)) from None
 
     def _setup_data(self) -> None:
         from data import check_no_leak, load_rows, resolve_dataset
@@ -307,10 +353,13 @@ class Trainer:
         self.data_hash = file_sha256(self.train_file)
         self.recipe = data_recipe(self.data_dir)
 
+    def _adapter_dir(self) -> Path:
+        self.run_name = self.config.default_run_name()
+        return Path(self.config.adapter_path or artifact_dir("adapters", self.run_name))
+
     def _setup_output(self) -> None:
         cfg = self.config
-        self.run_name = cfg.default_run_name()
-        self.adapter_dir = Path(cfg.adapter_path or artifact_dir("adapters", self.run_name))
+        self.adapter_dir = self._adapter_dir()
         existing = latest_checkpoint(self.adapter_dir)
         final = self.adapter_dir / ADAPTER_WEIGHTS
         if cfg.overwrite:
@@ -327,17 +376,10 @@ class Trainer:
         if cfg.resume and self.resume_from is None:
             self.log(f"no checkpoint under {self.adapter_dir}; starting from step 0")
 
-    def _setup_model(self) -> None:
-        from mlx_plamo3.loading import load_model
+    def _setup_examples(self) -> None:
         from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
         cfg = self.config
-        self.model_dir = Path(cfg.model or artifact_dir("models", DEFAULT_MODEL_NAME))
-        if not self.model_dir.is_dir():
-            raise TrainError(
-                f"no model at {self.model_dir}; convert one with `python -m convert --hf-path "
-                f"pfnet/plamo-3-nict-2b-base --mlx-path {self.model_dir}` or pass --model"
-            )
         self.base_model_id, self.base_revision = base_model_info(self.model_dir, cfg.base_model_id)
         self.tokenizer = Plamo3Tokenizer.from_pretrained(self.model_dir)
         self.encoded: Encoded = encode_rows(self.train_rows, self.tokenizer, cfg.max_length)
@@ -346,17 +388,39 @@ class Trainer:
                 f"all {len(self.train_rows)} training rows are longer than max_length "
                 f"{cfg.max_length} tokens"
             )
-        self.model = load_model(self.model_dir, dtype=DTYPES[cfg.dtype])
-        mx.random.seed(cfg.seed)  # the LoRA init
-        self.lora_config = cfg.lora_config()
-        apply_lora(self.model, self.lora_config)
-        self.forward_keys: ForwardKeys = prepare_for_training(
-            self.model, cfg.lora_dropout, cfg.grad_checkpoint
-        )
         self.plan = plan_steps(
             len(self.encoded.examples), cfg.grad_accum, cfg.epochs, cfg.seed, cfg.shuffle
         )
         self.pad_id = self.tokenizer.pad_token_id or 0
+
+    def _setup_memory_plan(self) -> None:
+        """Choose the batching settings not given (a resumed run keeps its own) and log the
+        plan; the config holds the chosen values from here on."""
+        cfg = self.config
+        given = cfg.given_batching()
+        if self.resume_from is not None:
+            given = {**read_trainer_state(self.resume_from).get("batching", {}), **given}
+        steps = [[self.encoded.examples[i] for i in step] for step in self.plan]
+        plan = self.planner.plan(steps, cfg.max_length, cfg.pad_multiple, given)
+        self.memory_plan: MemoryPlan = plan
+        self.config = replace(cfg, **asdict(plan.batching()))
+        self.log(plan.line())
+        if not plan.fits:
+            self.log(
+                f"warning: the predicted peak ~{plan.predicted_peak_gib:.1f} GiB exceeds the "
+                f"budget of {plan.budget_gib:.1f} GiB; lower --max-batch-tokens, turn on "
+                "--grad-checkpoint, or raise --memory-limit (the run may swap or stop)"
+            )
+
+    def _setup_model(self) -> None:
+        from mlx_plamo3.loading import load_model
+
+        cfg = self.config
+        self.model = load_model(self.model_dir, dtype=DTYPES[cfg.dtype])
+        mx.random.seed(cfg.seed)  # the LoRA init
+        self.lora_config = cfg.lora_config()
+        apply_lora(self.model, self.lora_config)
+        self.forward_keys: ForwardKeys = prepare_for_training(self.model, cfg.lora_dropout)
 
     def _setup_optimizer(self) -> None:
         cfg = self.config
@@ -428,6 +492,7 @@ class Trainer:
             "lr_end_factor": cfg.lr_end_factor,
             "seed": cfg.seed,
             "dtype": cfg.dtype,
+            "memory_plan": self.memory_plan.to_dict(),
             "trainer": "mlx-plamo3 train",
         }
 
@@ -453,6 +518,7 @@ class Trainer:
                 "trainable_parameters": trainable,
                 "mlx_version": mx.__version__,
                 "device": str(mx.default_device()),
+                **{f"memory_plan_{k}": v for k, v in self.memory_plan.to_dict().items()},
             },
         )
 
@@ -531,6 +597,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "run_name": self.run_name,
             "fingerprint": self.resume_fingerprint(),
+            "batching": asdict(self.memory_plan.batching()),
         }
 
     def save_checkpoint(self, step: int) -> Path:
@@ -562,6 +629,7 @@ class Trainer:
                 condition=f"{self.run_name}@step-{step}",
                 batch_size=cfg.eval_batch_size,
                 max_new_tokens=cfg.eval_max_new_tokens,
+                memory_available=self.planner.budget_bytes - mx.get_active_memory(),
             )
         finally:
             self.model.train()
@@ -601,6 +669,7 @@ class Trainer:
         self.state["mlflow_run_id"] = tracker.run_id
         result.run_id = tracker.run_id
         self._session_start = time.perf_counter()
+        limits = apply_limits(self.memory_plan)
         mx.reset_peak_memory()
         self.model.train()
         status = "FAILED"
@@ -641,6 +710,8 @@ class Trainer:
         finally:
             bar.close()
             tracker.end(status)
+            mx.set_memory_limit(limits[0])
+            mx.set_cache_limit(limits[1])
         return result
 
     def _run_eval(self, step: int, tracker: Tracker, result: TrainResult) -> None:
@@ -679,6 +750,11 @@ class Trainer:
             + (f", {result.tokens_per_second:,.0f} tokens/s" if result.history else "")
             + ")"
         )
+
+
+def memory_plan(config: TrainConfig, log: Callable[[str], None] = echo) -> MemoryPlan:
+    """The plan `train(config)` would follow, from config.json, tokenizer and data alone."""
+    return Trainer(config, log=log, plan_only=True).memory_plan
 
 
 def train(

@@ -1,0 +1,147 @@
+"""The memory plan at the real 2.6B shape: what the default `mlx-plamo train` chooses on 16, 24,
+36 and 48 GB Macs, with a bf16 and a 4-bit base, and what one 768-token example needs.
+
+Run from the repository root:
+    python -m benchmarks.bench_plan [--steps 50] [--seed 0]
+
+Nothing is trained: this prints `train.memory.Planner`'s predictions (the same code the trainer
+runs before step 1) for steps of eight examples of 300-610 tokens (seeded), the length mix of
+the seed's v2 data. A Mac's budget is MLX's default on Metal, about 75% of its RAM; the 24 GB
+row is also shown at `--memory-limit 17`, the figure the issue names. "Step compute" is the
+plan's relative cost model (linear layers, attention, per-pass overhead, recomputation),
+against the fastest choice with no memory limit; BENCHMARKS.md compares it with measured
+step times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import add_common_args, print_table, real_config, write_report
+
+NAME = "bench_plan"
+MACS_GB = (16, 24, 36, 48)
+METAL_SHARE = 0.75
+QUANTIZATION = {"group_size": 64, "bits": 4}
+
+
+def synthetic_steps(n_steps: int, seed: int):
+    import numpy as np
+
+    from train.batches import Example
+
+    rng = np.random.default_rng(seed)
+    steps = []
+    for step in range(n_steps):
+        examples = []
+        for slot, length in enumerate(rng.integers(300, 611, 8)):
+            supervised = int(rng.integers(30, 80))
+            mask = tuple([False] * (int(length) + 1 - supervised) + [True] * supervised)
+            examples.append(Example(step * 8 + slot, tuple(range(int(length) + 1)), mask))
+        steps.append(examples)
+    return steps
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mlx_plamo3.lora import LoraConfig
+    from mlx_plamo3.memory import GIB
+    from mlx_plamo3.model import ModelArgs
+    from train.batches import PassShape
+    from train.memory import Planner, step_cost, step_shapes
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser, NAME, repeats=None, work_dir=False)
+    parser.add_argument("--steps", type=int, default=50, help="synthetic optimizer steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the example lengths")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    steps = synthetic_steps(args.steps, args.seed)
+    bases = {"bf16": None, "4bit": QUANTIZATION}
+
+    def planner(base: str, budget_gib: float) -> Planner:
+        model_args = ModelArgs.from_dict({**real_config(), "quantization": bases[base]})
+        return Planner(model_args, "bfloat16", LoraConfig(), int(budget_gib * GIB), "")
+
+    def cost(plan_planner: Planner, plan) -> float:
+        shapes = step_shapes(steps, 768, plan.batching(), 64)
+        return sum(step_cost(plan_planner.args, s, plan.grad_checkpoint) for s in shapes)
+
+    one_example = []
+    for base in bases:
+        unlimited = planner(base, 1e6)
+        shape = [PassShape(1, 768, 64)]
+        one_example.append(
+            [
+                base,
+                unlimited.static_bytes / GIB,
+                unlimited.peak_bytes(shape, False) / GIB,
+                unlimited.peak_bytes(shape, True) / GIB,
+            ]
+        )
+    print_table(
+        ["base", "weights + LoRA state GiB", "no checkpointing GiB", "checkpointing GiB"],
+        one_example,
+        title="Predicted MLX peak of one 768-token example (64 supervised tokens)",
+    )
+
+    rows, records = [], []
+    budgets = [(f"{gb} GB", METAL_SHARE * gb) for gb in MACS_GB]
+    budgets.insert(2, ("24 GB, --memory-limit 17", 17.0))
+    for base in bases:
+        fastest = planner(base, 1e6).plan(steps, 768, 64, {})
+        fastest_cost = cost(planner(base, 1e6), fastest)
+        for label, budget_gib in budgets:
+            p = planner(base, budget_gib)
+            plan = p.plan(steps, 768, 64, {})
+            relative = fastest_cost / cost(p, plan)
+            rows.append(
+                [
+                    label,
+                    base,
+                    budget_gib,
+                    plan.max_batch_tokens,
+                    "on" if plan.packing else "off",
+                    "on" if plan.grad_checkpoint else "off",
+                    plan.passes_per_step,
+                    plan.predicted_peak_gib,
+                    "yes" if plan.fits else "NO",
+                    relative,
+                ]
+            )
+            records.append({"mac": label, "base": base, **plan.to_dict(), "speed": relative})
+    print_table(
+        [
+            "Mac",
+            "base",
+            "budget GiB",
+            "max_batch_tokens",
+            "packing",
+            "checkpointing",
+            "passes/step",
+            "predicted peak GiB",
+            "fits",
+            "step speed vs unlimited",
+        ],
+        rows,
+        title=f"What the default `mlx-plamo train` chooses ({args.steps} steps of 8 examples)",
+    )
+    write_report(
+        args.out,
+        NAME,
+        {"steps": args.steps, "seed": args.seed, "metal_share": METAL_SHARE},
+        {"one_example": one_example, "plans": records},
+        ["predictions of train.memory.Planner; nothing was run"],
+        started,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
