@@ -34,7 +34,7 @@ from mlx_plamo3.lora import (
     base_fingerprint,
     read_adapter_config,
 )
-from mlx_plamo3.model import ModelArgs
+from mlx_plamo3.model import ModelArgs, linear_shapes
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
@@ -120,23 +120,11 @@ def peft_to_mlx_weights(weights: Mapping[str, Any]) -> dict[str, Any]:
 # ---- expected shapes from a base config ----------------------------------------------------
 
 
-def module_dims(args: ModelArgs) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each LoRA-able linear of a PLaMo 3 decoder layer."""
-    q_dim = args.num_attention_heads * args.head_dim
-    kv_dim = args.num_key_value_heads * args.head_dim
-    return {
-        "qkv_proj": (args.hidden_size, q_dim + 2 * kv_dim),
-        "o_proj": (q_dim, args.hidden_size),
-        "gate_up_proj": (args.hidden_size, 2 * args.intermediate_size),
-        "down_proj": (args.intermediate_size, args.hidden_size),
-    }
-
-
 def expected_mlx_shapes(
     args: ModelArgs, r: int, target_modules: Iterable[str]
 ) -> dict[str, tuple[int, ...]]:
     """MLX LoRA key -> shape for a base config, rank and target set."""
-    dims = module_dims(args)
+    dims = linear_shapes(args)
     shapes: dict[str, tuple[int, ...]] = {}
     for i in range(args.num_hidden_layers):
         for name in sorted(set(target_modules)):

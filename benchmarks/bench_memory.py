@@ -56,8 +56,12 @@ BASES = ("bf16", "4bit")
 Q_GROUP, Q_BITS = 64, 4
 
 
-def build_model(config: dict[str, Any], base: str, seed: int = 0):
-    """The model with random weights, materialized one layer at a time (bounded peak)."""
+def build_model(
+    config: dict[str, Any], base: str, seed: int = 0, quantization: dict[str, int] | None = None
+):
+    """The model with random weights, materialized one layer at a time (bounded peak). A 4-bit
+    base quantizes the linear layers and the embedding (group 64, or `quantization`) where
+    their width allows, as `python -m convert --quantize` does."""
     import mlx.core as mx
     import mlx.nn as nn
 
@@ -67,14 +71,16 @@ def build_model(config: dict[str, Any], base: str, seed: int = 0):
     model = Model(ModelArgs.from_dict(config))  # lazy: nothing is computed yet
     model.set_dtype(mx.bfloat16)
     if base == "4bit":
+        quantization = quantization or {"group_size": Q_GROUP, "bits": Q_BITS}
+        group = quantization["group_size"]
 
         def quantizable(path: str, module: nn.Module) -> bool:
             return (
                 isinstance(module, (nn.Linear, nn.Embedding))
-                and module.weight.shape[-1] % Q_GROUP == 0
+                and module.weight.shape[-1] % group == 0
             )
 
-        nn.quantize(model, group_size=Q_GROUP, bits=Q_BITS, class_predicate=quantizable)
+        nn.quantize(model, group_size=group, bits=quantization["bits"], class_predicate=quantizable)
     for layer in model.layers:
         mx.eval(layer.parameters())
     mx.eval(model.parameters())

@@ -71,7 +71,17 @@ def case_config(case: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def worker(case: dict[str, Any]) -> None:
+def measure_step(
+    config: dict[str, Any],
+    lengths: Sequence[int],
+    grad_checkpoint: bool,
+    max_batch_tokens: int = 4096,
+    quantization: dict[str, int] | None = None,
+) -> tuple[int, int]:
+    """(MLX's peak over building the model and two optimizer steps, less what was allocated
+    before; the plan's prediction for the same passes), in bytes."""
+    import gc
+
     import mlx.core as mx
     import numpy as np
     from mlx.utils import tree_map
@@ -85,17 +95,19 @@ def worker(case: dict[str, Any]) -> None:
     from train.memory import Planner
     from train.trainer import make_optimizer, step_functions
 
-    config = case_config(case)
-    cfg = TrainConfig(grad_checkpoint=case["grad_checkpoint"], max_batch_tokens=4096)
+    cfg = TrainConfig(grad_checkpoint=grad_checkpoint, max_batch_tokens=max_batch_tokens)
     rng = np.random.default_rng(0)
     examples = []
-    for row, length in enumerate(LENGTHS):
+    for row, length in enumerate(lengths):
         ids = tuple(int(i) for i in rng.integers(4, config["vocab_size"], length + 1))
         mask = tuple([False] * (length + 1 - SUPERVISED) + [True] * SUPERVISED)
         examples.append(Example(row, ids, mask))
-    layout = {"pack_length": 768, "max_batch_tokens": 4096, "pad_multiple": cfg.pad_multiple}
+    layout = {"pack_length": 768, "max_batch_tokens": max_batch_tokens, "pad_multiple": 64}
+    gc.collect()
+    mx.clear_cache()
+    before = mx.get_active_memory()
     mx.reset_peak_memory()
-    model = build_model(config, "bf16")
+    model = build_model(config, "4bit" if quantization else "bf16", quantization=quantization)
     mx.random.seed(cfg.seed)
     lora = cfg.lora_config()
     apply_lora(model, lora)
@@ -113,9 +125,16 @@ def worker(case: dict[str, Any]) -> None:
             mx.eval(loss, grads)
         apply_update(grads)
         mx.eval(model.trainable_parameters(), optimizer.state)
-    planner = Planner(ModelArgs.from_dict(config), "bfloat16", lora, 0, "")
+    measured = mx.get_peak_memory() - before
+    args = ModelArgs.from_dict({**config, "quantization": quantization})
+    planner = Planner(args, "bfloat16", lora, 0, "")
     predicted = planner.peak_bytes(pass_shapes(examples, **layout), cfg.grad_checkpoint)
-    emit_result({"peak_bytes": int(mx.get_peak_memory()), "predicted_bytes": int(predicted)})
+    return int(measured), int(predicted)
+
+
+def worker(case: dict[str, Any]) -> None:
+    measured, predicted = measure_step(case_config(case), LENGTHS, case["grad_checkpoint"])
+    emit_result({"peak_bytes": measured, "predicted_bytes": predicted})
 
 
 def label(case: dict[str, Any]) -> str:

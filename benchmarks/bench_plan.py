@@ -7,10 +7,7 @@ Run from the repository root:
 Nothing is trained: this prints `train.memory.Planner`'s predictions (the same code the trainer
 runs before step 1) for steps of eight examples of 300-610 tokens (seeded), the length mix of
 the seed's v2 data. A Mac's budget is MLX's default on Metal, about 75% of its RAM; the 24 GB
-row is also shown at `--memory-limit 17`, the figure the issue names. "Step compute" is the
-plan's relative cost model (linear layers, attention, per-pass overhead, recomputation),
-against the fastest choice with no memory limit; BENCHMARKS.md compares it with measured
-step times.
+row is also shown at `--memory-limit 17`, the figure the issue names.
 """
 
 from __future__ import annotations
@@ -54,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlx_plamo3.memory import GIB
     from mlx_plamo3.model import ModelArgs
     from train.batches import PassShape
-    from train.memory import Planner, step_cost, step_shapes
+    from train.memory import Planner
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, NAME, repeats=None, work_dir=False)
@@ -68,10 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     def planner(base: str, budget_gib: float) -> Planner:
         model_args = ModelArgs.from_dict({**real_config(), "quantization": bases[base]})
         return Planner(model_args, "bfloat16", LoraConfig(), int(budget_gib * GIB), "")
-
-    def cost(plan_planner: Planner, plan) -> float:
-        shapes = step_shapes(steps, 768, plan.batching(), 64)
-        return sum(step_cost(plan_planner.args, s, plan.grad_checkpoint) for s in shapes)
 
     one_example = []
     for base in bases:
@@ -95,12 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     budgets = [(f"{gb} GB", METAL_SHARE * gb) for gb in MACS_GB]
     budgets.insert(2, ("24 GB, --memory-limit 17", 17.0))
     for base in bases:
-        fastest = planner(base, 1e6).plan(steps, 768, 64, {})
-        fastest_cost = cost(planner(base, 1e6), fastest)
         for label, budget_gib in budgets:
-            p = planner(base, budget_gib)
-            plan = p.plan(steps, 768, 64, {})
-            relative = fastest_cost / cost(p, plan)
+            plan = planner(base, budget_gib).plan(steps, 768, 64, {})
             rows.append(
                 [
                     label,
@@ -112,10 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     plan.passes_per_step,
                     plan.predicted_peak_gib,
                     "yes" if plan.fits else "NO",
-                    relative,
                 ]
             )
-            records.append({"mac": label, "base": base, **plan.to_dict(), "speed": relative})
+            records.append({"mac": label, "base": base, **plan.to_dict()})
     print_table(
         [
             "Mac",
@@ -127,7 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "passes/step",
             "predicted peak GiB",
             "fits",
-            "step speed vs unlimited",
         ],
         rows,
         title=f"What the default `mlx-plamo train` chooses ({args.steps} steps of 8 examples)",

@@ -15,7 +15,7 @@ import os
 
 import mlx.core as mx
 
-from mlx_plamo3.model import LayerKV, ModelArgs
+from mlx_plamo3.model import LayerKV, ModelArgs, linear_shapes
 
 GIB = 2**30
 RAM_SHARE = 0.75
@@ -25,18 +25,6 @@ MX_DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float
 
 
 # ---- what the model holds ----------------------------------------------------------------------
-
-
-def linear_shapes(args: ModelArgs) -> dict[str, tuple[int, int]]:
-    """(in, out) of each linear layer of one decoder layer, by module name."""
-    q_dim = args.num_attention_heads * args.head_dim
-    kv_dim = args.num_key_value_heads * args.head_dim
-    return {
-        "qkv_proj": (args.hidden_size, q_dim + 2 * kv_dim),
-        "o_proj": (q_dim, args.hidden_size),
-        "gate_up_proj": (args.hidden_size, 2 * args.intermediate_size),
-        "down_proj": (args.intermediate_size, args.hidden_size),
-    }
 
 
 def matrix_bytes(rows: int, cols: int, dtype_bytes: int, quantization: dict | None) -> int:

@@ -107,6 +107,19 @@ class ModelArgs:
         return (layer_idx + 1) % self.sliding_window_pattern == 0
 
 
+def linear_shapes(args: ModelArgs) -> dict[str, tuple[int, int]]:
+    """(in, out) of each linear layer of one decoder layer, by module name (LoRA
+    targets, PEFT shapes and the memory plan read them here)."""
+    q_dim = args.num_attention_heads * args.head_dim
+    kv_dim = args.num_key_value_heads * args.head_dim
+    return {
+        "qkv_proj": (args.hidden_size, q_dim + 2 * kv_dim),
+        "o_proj": (q_dim, args.hidden_size),
+        "gate_up_proj": (args.hidden_size, 2 * args.intermediate_size),
+        "down_proj": (args.intermediate_size, args.hidden_size),
+    }
+
+
 class RMSNorm(nn.Module):
     """RMSNorm whose effective scale is `weight + offset`; `weight` holds the stored delta."""
 

@@ -3,25 +3,21 @@ train command's --plan / --memory-limit behaviour."""
 
 from __future__ import annotations
 
-import gc
 import json
 
-import mlx.core as mx
-import mlx.nn as nn
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten
 
-from mlx_plamo3.lora import LoraConfig, apply_lora
+from benchmarks.bench_memory import build_model
+from benchmarks.bench_memory_plan import measure_step
+from mlx_plamo3.lora import LoraConfig
 from mlx_plamo3.memory import GIB, weight_bytes
-from mlx_plamo3.model import Model, ModelArgs
+from mlx_plamo3.model import ModelArgs
 from train.batches import Example, micro_batches, pass_shapes
 from train.cli import train_command
-from train.config import TrainConfig
-from train.layers import pass_key, prepare_for_training
 from train.memory import Batching, MemoryPlanError, Planner
-from train.trainer import make_optimizer, step_functions
 
 # Tolerance of the prediction, as a ratio predicted / measured. Where it comes from: the fitted
 # multipliers in train/memory.py reproduced 24 calibration steps (widths 256-512, 1-3 layers,
@@ -57,53 +53,13 @@ def examples(lengths, supervised=24, seed=0):
 
 
 def build(quantization):
-    mx.random.seed(0)
     args = ModelArgs.from_dict({**SHAPE, "quantization": quantization})
-    model = Model(args)
-    model.set_dtype(mx.bfloat16)
-    if quantization:
-        nn.quantize(
-            model,
-            group_size=quantization["group_size"],
-            bits=quantization["bits"],
-            class_predicate=lambda _, m: isinstance(m, (nn.Linear, nn.Embedding)),
-        )
-    mx.eval(model.parameters())
-    return args, model
+    return args, build_model(SHAPE, "4bit" if quantization else "bf16", quantization=quantization)
 
 
 def measured_and_predicted(quantization, lengths, grad_checkpoint, max_batch_tokens):
     """(measured MLX peak of two optimizer steps, the plan's prediction), in bytes."""
-    gc.collect()
-    mx.clear_cache()
-    before = mx.get_active_memory()
-    mx.reset_peak_memory()
-    args, model = build(quantization)
-    cfg = TrainConfig(grad_checkpoint=grad_checkpoint, max_batch_tokens=max_batch_tokens)
-    lora = cfg.lora_config()
-    apply_lora(model, lora)
-    keys = prepare_for_training(model, cfg.lora_dropout)
-    model.train()
-    optimizer = make_optimizer(cfg, 2)
-    optimizer.init(model.trainable_parameters())
-    loss_and_grad, apply_update = step_functions(model, optimizer, keys, cfg)
-    step = examples(lengths)
-    layout = {"pack_length": 768, "max_batch_tokens": max_batch_tokens, "pad_multiple": 64}
-    for index in range(2):
-        grads = None
-        for pass_index, batch in enumerate(micro_batches(step, **layout)):
-            arrays = [mx.array(a) for a in batch.arrays()]
-            loss, pass_grads = loss_and_grad(*arrays, pass_key(0, index, pass_index))
-            grads = pass_grads if grads is None else tree_map(mx.add, grads, pass_grads)
-            mx.eval(loss, grads)
-        apply_update(grads)
-        mx.eval(model.trainable_parameters(), optimizer.state)
-    measured = mx.get_peak_memory() - before
-    planner = Planner(args, "bfloat16", lora, 1 << 50, "test")
-    predicted = planner.peak_bytes(pass_shapes(step, **layout), grad_checkpoint)
-    del model, optimizer, loss_and_grad, apply_update, grads
-    gc.collect()
-    return measured, predicted
+    return measure_step(SHAPE, lengths, grad_checkpoint, max_batch_tokens, quantization)
 
 
 @pytest.mark.slow

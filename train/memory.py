@@ -40,12 +40,11 @@ from mlx_plamo3.lora import LoraConfig
 from mlx_plamo3.memory import (
     DTYPE_BYTES,
     GIB,
-    linear_shapes,
     saved_elements_per_token,
     transient_elements_per_token,
     weight_bytes,
 )
-from mlx_plamo3.model import ModelArgs
+from mlx_plamo3.model import ModelArgs, linear_shapes
 from train.batches import Example, PassShape, pass_shapes, round_up
 
 LORA_FLOAT32_COPIES = 5  # parameters, step gradients, pass gradients, AdamW m and v
@@ -56,12 +55,12 @@ TRANSIENT = 0.7
 CHECKPOINTED = 2.0
 FIXED_BYTES = 16 * 2**20  # compiled-step bookkeeping, rotary tables, small temporaries
 
-# Passes the planner may choose, in tokens; the row width of one `max_length` example is added.
+# The share of the budget a plan may fill: the calibration's predictions ranged from 4% under
+# to 13% over the measured peak, and the rest of the process needs some room too.
+PLAN_SHARE = 0.90
+# Pass sizes the planner may choose, in tokens; the row width of one `max_length` example is
+# added. The default setting (4096) is among them.
 PASS_TOKEN_CHOICES = (16384, 8192, 6144, 4096, 3072, 2048, 1536, 1024)
-# Relative compute of a recomputed forward: the frozen base needs no weight gradients, so a
-# step is forward (2 flops per weight) + input gradients (2); recomputation adds a forward.
-CHECKPOINT_COMPUTE = 1.5
-PASS_OVERHEAD_TOKENS = 64  # fixed cost of one forward pass, in token-equivalents
 
 
 class MemoryPlanError(RuntimeError):
@@ -125,7 +124,7 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool:
-        return self.predicted_peak_gib <= self.budget_gib
+        return self.predicted_peak_gib <= PLAN_SHARE * self.budget_gib
 
     def batching(self) -> Batching:
         return Batching(self.max_batch_tokens, self.packing, self.grad_checkpoint)
@@ -167,18 +166,6 @@ def step_shapes(
     ]
 
 
-def step_cost(args: ModelArgs, shapes: Sequence[PassShape], grad_checkpoint: bool) -> float:
-    """Relative compute of a step: linear layers per slot, attention per score, per-pass
-    overhead; a recomputed forward costs CHECKPOINT_COMPUTE."""
-    q_dim = args.num_attention_heads * args.head_dim
-    per_token = sum(i * o for i, o in linear_shapes(args).values())
-    total = 0.0
-    for shape in shapes:
-        attention = shape.rows * shape.width * shape.width * q_dim
-        total += shape.slots * per_token + attention + PASS_OVERHEAD_TOKENS * per_token
-    return total * (CHECKPOINT_COMPUTE if grad_checkpoint else 1.0)
-
-
 class Planner:
     """Predicts and chooses; built from the model's config, no weights needed."""
 
@@ -187,6 +174,7 @@ class Planner:
     ):
         self.args, self.dtype, self.lora = args, dtype, lora
         self.budget_bytes, self.budget_source = budget_bytes, source
+        self.usable_bytes = int(PLAN_SHARE * budget_bytes)
         self.static_bytes = weight_bytes(args, dtype) + LORA_FLOAT32_COPIES * 4 * lora_parameters(
             args, lora
         )
@@ -200,11 +188,11 @@ class Planner:
         width = round_up(max_length - 1, pad_multiple)
         shape = PassShape(1, width, width)
         needed = self.peak_bytes([shape], grad_checkpoint=True)
-        if needed > self.budget_bytes:
+        if needed > self.usable_bytes:
             raise MemoryPlanError(
                 f"one {max_length}-token example needs ~{needed / GIB:.1f} GiB even with "
-                f"gradient checkpointing, over the budget of {self.budget_bytes / GIB:.1f} GiB "
-                f"({self.budget_source}). Use a 4-bit base (python -m convert --quantize "
+                f"gradient checkpointing, over {PLAN_SHARE:.0%} of the budget of "
+                f"{self.budget_bytes / GIB:.1f} GiB ({self.budget_source}). Use a 4-bit base (python -m convert --quantize "
                 "--q-bits 4), a shorter --max-length, or a larger --memory-limit."
             )
 
@@ -217,7 +205,12 @@ class Planner:
     ) -> MemoryPlan:
         """The fastest batching predicted to fit; settings in `given` (max_batch_tokens,
         packing, grad_checkpoint) are kept as given. With no fitting choice, the one with the
-        smallest predicted peak (the caller warns)."""
+        smallest predicted peak (the caller warns).
+
+        Fastest, in this order: no recomputation (checkpointing costs a third more compute:
+        the frozen base's backward is forward-sized, and it adds one more forward), then the
+        largest pass (fewer passes, fewer compiled shapes, fuller devices), then packing
+        (less padding; measured 21% faster at one layer in BENCHMARKS.md)."""
         row = round_up(max_length - 1, pad_multiple)
         sizes = sorted({*PASS_TOKEN_CHOICES, row}, reverse=True)
         options = [
@@ -228,17 +221,17 @@ class Planner:
                 [given["grad_checkpoint"]] if "grad_checkpoint" in given else [False, True]
             )
         ]
+        options.sort(key=lambda o: (o.grad_checkpoint, -o.max_batch_tokens, not o.packing))
         scored = []
         for option in options:
             shapes = step_shapes(steps, max_length, option, pad_multiple)
             flat = [s for step in shapes for s in step]
             peak = self.peak_bytes(flat, option.grad_checkpoint)
-            cost = sum(step_cost(self.args, step, option.grad_checkpoint) for step in shapes)
-            scored.append((peak, cost, option, flat, len(flat) / max(1, len(shapes))))
-        fitting = [s for s in scored if s[0] <= self.budget_bytes]
-        peak, _, option, flat, passes = (
-            min(fitting, key=lambda s: s[1]) if fitting else min(scored, key=lambda s: s[0])
-        )
+            scored.append((peak, option, flat, len(flat) / max(1, len(shapes))))
+            if peak <= self.usable_bytes:
+                break
+        fitting = [s for s in scored if s[0] <= self.usable_bytes]
+        peak, option, flat, passes = fitting[0] if fitting else min(scored, key=lambda s: s[0])
         largest = max(
             flat, key=lambda s: pass_bytes(self.args, s, self.dtype, option.grad_checkpoint)
         )

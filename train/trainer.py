@@ -407,8 +407,8 @@ class Trainer:
         self.log(plan.line())
         if not plan.fits:
             self.log(
-                f"warning: the predicted peak ~{plan.predicted_peak_gib:.1f} GiB exceeds the "
-                f"budget of {plan.budget_gib:.1f} GiB; lower --max-batch-tokens, turn on "
+                f"warning: the predicted peak ~{plan.predicted_peak_gib:.1f} GiB leaves less "
+                f"than 10% of the budget of {plan.budget_gib:.1f} GiB free; lower --max-batch-tokens, turn on "
                 "--grad-checkpoint, or raise --memory-limit (the run may swap or stop)"
             )
 
