@@ -151,6 +151,7 @@ def worker_ours(work: Path, args: argparse.Namespace, packing: bool = True) -> d
         dtype=args.dtype,
         packing=packing,
         grad_checkpoint=args.grad_checkpoint,
+        max_batch_tokens=args.max_batch_tokens,
         lora_r=LORA_R,
         lora_alpha=LORA_ALPHA,
         lora_dropout=LORA_DROPOUT,
@@ -394,6 +395,8 @@ def worker_args(args: argparse.Namespace, work: Path, name: str) -> list[str]:
     )
     if args.grad_checkpoint:
         command.append("--grad-checkpoint")
+    if args.max_batch_tokens:
+        command += ["--max-batch-tokens", str(args.max_batch_tokens)]
     return command
 
 
@@ -475,6 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="longest example in tokens; longer rows are skipped",
     )
     parser.add_argument("--grad-checkpoint", action="store_true", help="for all competitors")
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="ours: tokens per forward pass [default: what the memory plan chooses]",
+    )
     parser.add_argument("--source", type=Path, default=SAMPLE_SOURCE, help="glaive rows")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per competitor")
     parser.add_argument("--worker", choices=COMPETITORS, help=argparse.SUPPRESS)

@@ -19,7 +19,7 @@ really produce (`train.batches.pass_shapes`). The prediction is
 The per-token counts (`mlx_plamo3.memory`) are element counts of the activation dtype, read
 off the layer's graph, and the multipliers `SAVED`, `TRANSIENT` and `CHECKPOINTED` were set from
 measured peaks of real steps on MLX's CPU backend (`python -m benchmarks.bench_memory_plan`, 16
-cases, table in BENCHMARKS.md: every prediction within -4%..+13%). On Metal the fused attention
+cases, table in BENCHMARKS.md: every prediction within -4%..+18%). On Metal the fused attention
 keeps less, so the plan should err high there. `tests/test_memory_plan.py` checks predictions
 against measured peaks at shapes the calibration did not use.
 
@@ -56,7 +56,7 @@ CHECKPOINTED = 2.0
 FIXED_BYTES = 16 * 2**20  # compiled-step bookkeeping, rotary tables, small temporaries
 
 # The share of the budget a plan may fill: the calibration's predictions ranged from 4% under
-# to 13% over the measured peak, and the rest of the process needs some room too.
+# to 18% over the measured peak, and the rest of the process needs some room too.
 PLAN_SHARE = 0.90
 # Pass sizes the planner may choose, in tokens; the row width of one `max_length` example is
 # added. The default setting (4096) is among them.
@@ -135,11 +135,28 @@ class MemoryPlan:
     def line(self) -> str:
         checkpointing = "on" if self.grad_checkpoint else "off"
         return (
-            f"memory plan: peak ~{self.predicted_peak_gib:.1f} GiB of {self.budget_gib:.1f} GiB "
-            f"({self.budget_source}; passes <= {self.largest_pass} tokens, max_batch_tokens "
-            f"{self.max_batch_tokens}, packing {'on' if self.packing else 'off'}, gradient "
-            f"checkpointing {checkpointing}; weights {self.weights_gib:.1f} GiB)"
+            f"memory plan: peak ~{gib_text(self.predicted_peak_gib)} of "
+            f"{gib_text(self.budget_gib)} ({self.budget_source}; passes <= {self.largest_pass} "
+            f"tokens, max_batch_tokens {self.max_batch_tokens}, packing "
+            f"{'on' if self.packing else 'off'}, gradient checkpointing {checkpointing}; "
+            f"weights {gib_text(self.weights_gib)})"
         )
+
+    def warning(self) -> str | None:
+        """What to change when the plan does not fit, else None."""
+        if self.fits:
+            return None
+        return (
+            f"warning: the predicted peak ~{gib_text(self.predicted_peak_gib)} is above "
+            f"{PLAN_SHARE:.0%} of the budget of {gib_text(self.budget_gib)}; lower "
+            "--max-batch-tokens, turn on --grad-checkpoint, or raise --memory-limit (the run "
+            "may swap or stop)"
+        )
+
+
+def gib_text(value: float) -> str:
+    """GiB with two significant decimals below 10 GiB, one above."""
+    return f"{value:.2f} GiB" if value < 10 else f"{value:.1f} GiB"
 
 
 def apply_limits(plan: MemoryPlan) -> tuple[int, int]:
@@ -190,10 +207,11 @@ class Planner:
         needed = self.peak_bytes([shape], grad_checkpoint=True)
         if needed > self.usable_bytes:
             raise MemoryPlanError(
-                f"one {max_length}-token example needs ~{needed / GIB:.1f} GiB even with "
+                f"one {max_length}-token example needs ~{gib_text(needed / GIB)} even with "
                 f"gradient checkpointing, over {PLAN_SHARE:.0%} of the budget of "
-                f"{self.budget_bytes / GIB:.1f} GiB ({self.budget_source}). Use a 4-bit base (python -m convert --quantize "
-                "--q-bits 4), a shorter --max-length, or a larger --memory-limit."
+                f"{gib_text(self.budget_bytes / GIB)} ({self.budget_source}). Use a 4-bit "
+                "base (python -m convert --quantize --q-bits 4), a shorter --max-length, or a "
+                "larger --memory-limit."
             )
 
     def plan(

@@ -405,12 +405,9 @@ class Trainer:
         self.memory_plan: MemoryPlan = plan
         self.config = replace(cfg, **asdict(plan.batching()))
         self.log(plan.line())
-        if not plan.fits:
-            self.log(
-                f"warning: the predicted peak ~{plan.predicted_peak_gib:.1f} GiB leaves less "
-                f"than 10% of the budget of {plan.budget_gib:.1f} GiB free; lower --max-batch-tokens, turn on "
-                "--grad-checkpoint, or raise --memory-limit (the run may swap or stop)"
-            )
+        warning = plan.warning()
+        if warning:
+            self.log(warning)
 
     def _setup_model(self) -> None:
         from mlx_plamo3.loading import load_model
