@@ -160,20 +160,13 @@ def test_one_example_that_cannot_fit_is_an_error_naming_the_fixes():
 def test_batching_choices_change_shapes_not_examples():
     step = examples((700, 600, 400, 300, 250, 200))
     for option in (Batching(4096, True, False), Batching(768, False, True)):
-        shapes = pass_shapes(
-            step,
-            pack_length=768,
-            max_batch_tokens=option.max_batch_tokens,
-            pad_multiple=64,
-            packing=option.packing,
-        )
-        batches = micro_batches(
-            step,
-            pack_length=768,
-            max_batch_tokens=option.max_batch_tokens,
-            pad_multiple=64,
-            packing=option.packing,
-        )
+        layout = {
+            "pack_length": 768,
+            "max_batch_tokens": option.max_batch_tokens,
+            "pad_multiple": 64,
+            "packing": option.packing,
+        }
+        shapes, batches = pass_shapes(step, **layout), micro_batches(step, **layout)
         assert [(s.rows, s.width, s.scored) for s in shapes] == [
             (*b.inputs.shape, b.scored.size) for b in batches
         ]
