@@ -58,8 +58,8 @@ FIXED_BYTES = 16 * 2**20  # compiled-step bookkeeping, rotary tables, small temp
 # The share of the budget a plan may fill: the calibration's predictions ranged from 4% under
 # to 18% over the measured peak, and the rest of the process needs some room too.
 PLAN_SHARE = 0.90
-# Pass sizes the planner may choose, in tokens; the row width of one `max_length` example is
-# added. The default setting (4096) is among them.
+# Pass sizes the planner may choose, in tokens (4096 was the fixed default before the plan); the
+# row width of one `max_length` example is added.
 PASS_TOKEN_CHOICES = (16384, 8192, 6144, 4096, 3072, 2048, 1536, 1024)
 
 
