@@ -29,7 +29,7 @@ from tqdm import tqdm
 from mlx_plamo3.io import atomic_write_json, file_sha256
 from mlx_plamo3.loading import CheckpointError, read_config
 from mlx_plamo3.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, save_adapter
-from mlx_plamo3.memory import budget
+from mlx_plamo3.memory import MX_DTYPES, budget
 from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.paths import artifact_dir, mlflow_uri
 from train.batches import Encoded, encode_rows, micro_batches, plan_steps
@@ -53,7 +53,6 @@ from train.loss import weighted_loss
 from train.memory import MemoryPlan, MemoryPlanError, Planner, apply_limits
 from train.tracking import Tracker, make_tracker
 
-DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 EVAL_DIR = "evals"
 # Settings a resumed run must share with the checkpoint, or the "same run" is another run.
 RESUME_KEYS = (
@@ -413,7 +412,7 @@ class Trainer:
         from mlx_plamo3.loading import load_model
 
         cfg = self.config
-        self.model = load_model(self.model_dir, dtype=DTYPES[cfg.dtype])
+        self.model = load_model(self.model_dir, dtype=MX_DTYPES[cfg.dtype])
         mx.random.seed(cfg.seed)  # the LoRA init
         self.lora_config = cfg.lora_config()
         apply_lora(self.model, self.lora_config)
