@@ -148,7 +148,8 @@ class LoRALinear(nn.Module):
         elif self.dropout_keys is not None:
             key = self.dropout_keys()
         else:
-            key = mx.random.bits((2,))  # a fresh key from the global random state
+            # A fresh key from the global random state.
+            key = mx.random.randint(0, 2**31 - 1, (2,)).astype(mx.uint32)
         return self.base_forward(x) + lora_branch(self.scale, p)(x, self.lora_a, self.lora_b, key)
 
 

@@ -157,24 +157,75 @@ def test_bench_train_small(tmp_path: Path) -> None:
     from benchmarks import bench_train
 
     out = tmp_path / "train.json"
-    argv = ["--shape", "small", "--layers", "2", "--dtype", "float32"]
+    argv = ["--shape", "small", "--depths", "1,2", "--check-depth", "3", "--dtype", "float32"]
     argv += ["--examples-per-step", "2", "--steps", "1", "--repeats", "2", "--out", str(out)]
     assert bench_train.main(argv) == 0
     doc = read_report(out, "bench_train")
-    results = doc["results"]
-    assert set(results) == set(bench_train.COMPETITORS)
-    for name, result in results.items():
-        assert "error" not in result, (name, result.get("output"))
-        timed = result["timed"]
-        assert timed["runs"] == 2 and len(result["runs"]) == 2, name
-        assert timed["steps"] == 1 and timed["tokens_per_second"] > 0, name
-        per_run = sorted(run["timed"]["tokens_per_second"] for run in result["runs"])
-        assert per_run[0] <= timed["tokens_per_second"] <= per_run[1], name
-        for run in result["runs"]:
-            assert all(step["loss"] == step["loss"] for step in run["steps"]), name  # no NaN
-    # Ours and the seed's loop count the same tokens of the same examples.
-    for key in ("tokens", "supervised"):
-        assert results["ours"]["timed"][key] == results["torch"]["timed"][key]
+    by_depth = doc["results"]["by_depth"]
+    assert set(by_depth) == {"1", "2"}
+    for results in by_depth.values():
+        assert set(results) == set(bench_train.COMPETITORS)
+        for name, result in results.items():
+            assert "error" not in result, (name, result.get("output"))
+            timed = result["timed"]
+            assert timed["runs"] == 2 and len(result["runs"]) == 2, name
+            assert timed["steps"] == 1 and timed["tokens_per_second"] > 0, name
+            per_run = sorted(run["timed"]["tokens_per_second"] for run in result["runs"])
+            assert per_run[0] <= timed["tokens_per_second"] <= per_run[1], name
+            for run in result["runs"]:
+                assert all(step["loss"] == step["loss"] for step in run["steps"]), name  # no NaN
+        # Ours and the seed's loop count the same tokens of the same examples.
+        for key in ("tokens", "supervised"):
+            assert results["ours"]["timed"][key] == results["torch"]["timed"][key]
+    # Two depths: the fit goes through both points and predicts the shape's full depth.
+    full = doc["settings"]["full_depth"]
+    assert full == bench_train.real_config(None, "small")["num_hidden_layers"]
+    for name, fit in doc["results"]["fits"].items():
+        one, two = (by_depth[d][name]["timed"]["seconds_per_step"] for d in ("1", "2"))
+        assert fit["seconds_per_layer"] == pytest.approx(two - one), name
+        expected = one + (full - 1) * (two - one)
+        assert fit["predicted_seconds_per_step"] == pytest.approx(expected), name
+    # Memory is fitted too where it is measured (MLX's allocator; torch on a CPU has none).
+    fits = doc["results"]["fits"]
+    assert fits["ours"]["predicted_peak_bytes"] > 0 and fits["mlx_lm"]["predicted_peak_bytes"] > 0
+    if doc["settings"]["torch_device"] == "cpu":
+        assert fits["torch"]["predicted_peak_bytes"] is None
+    assert bench_train.main(["--reprint", str(out)]) == 0
+    check = doc["results"]["check"]
+    assert check["timed"]["steps"] == 1 and check["timed"]["tokens_per_second"] > 0
+    # The plan decided ours' settings, and the workers used them.
+    plan = doc["settings"]["plan"]
+    run = by_depth["1"]["ours"]["runs"][0]
+    assert run["settings"]["max_batch_tokens"] == plan["max_batch_tokens"]
+    assert run["settings"]["packing"] == plan["packing"]
+    assert by_depth["1"]["ours-nopack"]["runs"][0]["settings"]["packing"] is False
+
+
+def test_profile_train_step_small(tmp_path: Path) -> None:
+    from benchmarks import profile_train_step
+
+    out = tmp_path / "profile.json"
+    argv = ["--shape", "small", "--layers", "2", "--repeats", "1", "--out", str(out)]
+    assert profile_train_step.main(argv) == 0
+    results = read_report(out, "profile_train_step")["results"]
+    costs = results["costs"]
+    parts = ("base matmuls", "LoRA branches", "attention core", "MLP activation")
+    assert all(costs[name] > 0 for name in (*parts, "layer", "output head"))
+    assert costs["rest of the layer"] == pytest.approx(
+        costs["layer"] - sum(costs[name] for name in parts)
+    )
+    assert results["step_seconds"] > 0 and results["pass_shapes"]
+
+
+def test_depth_fit_is_least_squares() -> None:
+    from benchmarks.bench_train import fit_over_depth
+
+    fixed, per_layer = fit_over_depth({1: 7.0, 2: 9.0, 4: 13.0})  # on the line 5 + 2 x layers
+    assert (fixed, per_layer) == pytest.approx((5.0, 2.0))
+    # Off the line: the least-squares slope of (1, 1), (2, 3), (3, 2) is 0.5, intercept 1.
+    assert fit_over_depth({1: 1.0, 2: 3.0, 3: 2.0}) == pytest.approx((1.0, 0.5))
+    with pytest.raises(ValueError):
+        fit_over_depth({4: 1.0})
 
 
 def test_bench_memory_small(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from train.batches import (
     encode_rows,
     micro_batches,
     pack_first_fit,
+    pass_shapes,
     plan_steps,
 )
 from train.cli import train_command
@@ -230,6 +231,21 @@ def test_micro_batches_restart_positions_and_weight_each_example_equally():
         assert not batch.valid[batch.segments == PAD_SEGMENT].any()
 
 
+def test_rows_of_different_widths_never_share_a_pass():
+    # One example per row: widths 32, 32, 32, 16, 16 after padding to 16.
+    examples = [fake_example(i, n, n - 2) for i, n in enumerate([30, 25, 20, 12, 9])]
+    batches = micro_batches(
+        examples, pack_length=64, max_batch_tokens=64, pad_multiple=16, packing=False
+    )
+    assert [b.inputs.shape for b in batches] == [(2, 32), (1, 32), (2, 16)]
+    # 29 + 24, 19 and 11 + 8 input slots.
+    assert [b.n_padding for b in batches] == [3 + 8, 13, 5 + 8]
+    shapes = pass_shapes(
+        examples, pack_length=64, max_batch_tokens=64, pad_multiple=16, packing=False
+    )
+    assert [(s.rows, s.width) for s in shapes] == [(2, 32), (1, 32), (2, 16)]
+
+
 # ---- the loss: batched equals unbatched -------------------------------------------------------
 
 
@@ -295,6 +311,21 @@ def test_checkpointed_layers_reuse_the_forward_dropout_masks(tiny_mlx_dir):
     assert grads.keys() == ck_grads.keys()
     for name, grad in grads.items():
         np.testing.assert_allclose(np.array(ck_grads[name]), np.array(grad), rtol=1e-4, atol=1e-7)
+
+
+def test_lora_dropout_without_trainer_keys_draws_from_the_global_state():
+    linear = nn.Linear(16, 8, bias=False)
+    layer = LoRALinear(linear, LoraConfig(r=4, lora_dropout=0.5))
+    layer.lora_b = mx.ones_like(layer.lora_b)
+    x = mx.ones((4, 16))
+    layer.eval()
+    plain = np.array(layer(x))
+    layer.train()
+    mx.random.seed(1)
+    first = np.array(layer(x))
+    second = np.array(layer(x))
+    assert not np.allclose(first, plain)  # dropout acts in training
+    assert not np.allclose(first, second)  # a new mask per call
 
 
 # ---- LoRA forward vs PEFT -------------------------------------------------------------------

@@ -6,7 +6,8 @@
 2. `plan_steps`: the seeded order of every optimizer step of the run, fixed up front, so a
    resumed run takes the same examples in the same steps.
 3. `micro_batches`: a step's examples packed into rows (first-fit decreasing) with per-example
-   segment ids and RoPE positions, rows grouped into forward passes under a token budget.
+   segment ids and RoPE positions, rows of equal padded width grouped into forward passes under
+   a token budget.
    `pass_shapes` gives the same passes' shapes without building them (for the memory plan).
 
 Batching never changes which examples make up an update, only how they are computed: each
@@ -162,14 +163,15 @@ def layout_rows(examples: Sequence[Example], pack_length: int, packing: bool) ->
     return [[i] for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))]
 
 
-def group_rows(row_lengths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
-    """Consecutive rows (longest first) per forward pass, so rows x padded length stays within
-    the budget; a row alone may exceed it."""
+def group_rows(row_widths: Sequence[int], max_batch_tokens: int) -> list[list[int]]:
+    """Consecutive rows (longest first) of the same padded width per forward pass, as many as
+    fit the budget (a row alone may exceed it). Rows of different widths never share a pass:
+    the shorter row's padding would cost every layer as much as real tokens."""
     groups: list[list[int]] = []
-    for index in range(len(row_lengths)):
-        # Rows come longest first, so a group's first row sets its padded width.
-        if groups and (len(groups[-1]) + 1) * row_lengths[groups[-1][0]] <= max_batch_tokens:
-            groups[-1].append(index)
+    for index, width in enumerate(row_widths):
+        group = groups[-1] if groups else None
+        if group and row_widths[group[0]] == width and (len(group) + 1) * width <= max_batch_tokens:
+            group.append(index)
         else:
             groups.append([index])
     return groups

@@ -228,7 +228,8 @@ class Planner:
         Fastest, in this order: no recomputation (checkpointing costs a third more compute:
         the frozen base's backward is forward-sized, and it adds one more forward), then the
         largest pass (fewer passes, fewer compiled shapes, fuller devices), then packing
-        (less padding; measured 21% faster at one layer in BENCHMARKS.md)."""
+        (fewer rows, less padding; without it the step fitted at 24 layers runs at 0.90x,
+        BENCHMARKS.md)."""
         row = round_up(max_length - 1, pad_multiple)
         sizes = sorted({*PASS_TOKEN_CHOICES, row}, reverse=True)
         options = [
