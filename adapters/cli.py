@@ -8,7 +8,10 @@ from pathlib import Path
 
 import click
 
-from adapters.peft import DEFAULT_BASE_MODEL, EXPORT_DTYPES
+from adapters.fuse import FUSE_WRITER
+from adapters.peft import DEFAULT_BASE_MODEL, EXPORT_DTYPES, EXPORT_WRITER
+from mlx_plamo3.errors import USER_ERRORS
+from mlx_plamo3.io import OUTPUT_MARKER
 
 DEFAULT_BASE_DIR_NAME = "plamo-3-nict-2b-base"
 RESULT_CONDITIONS = ("base", "base-fewshot", "lora")
@@ -34,13 +37,27 @@ def directory_listing(path: Path) -> list[str]:
     return [
         f"  {f.relative_to(path)}  {human_size(f.stat().st_size)}"
         for f in sorted(path.rglob("*"))
-        if f.is_file()
+        if f.is_file() and f.name != OUTPUT_MARKER
     ]
 
 
-def ensure_free(path: Path, force: bool, option: str) -> None:
-    if path.exists() and any(path.iterdir()) and not force:
-        raise click.UsageError(f"{option} {path} already exists and is not empty (use --force)")
+def ensure_free(path: Path, force: bool, option: str, writer: str, keep: dict[str, Path]) -> None:
+    """Refuse an output that may not be written: one that is, or holds, a directory this
+    command reads (`keep`, by option), or one `check_replaceable` refuses."""
+    from mlx_plamo3.io import OutputDirectoryError, check_replaceable
+
+    target = path.resolve()
+    for name, kept in keep.items():
+        kept = kept.resolve()
+        if target == kept or target in kept.parents:
+            raise click.UsageError(
+                f"{option} {path} would replace {name} {kept}, which this command reads; "
+                "choose another output directory"
+            )
+    try:
+        check_replaceable(path, writer, force)
+    except OutputDirectoryError as exc:
+        raise click.UsageError(f"{option}: {exc}") from None
 
 
 @click.command(name="export", context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,7 +147,6 @@ def export_command(
     base_model.model.<module path>), adapter_config.json, a model card README.md and the eval
     records, so `peft.PeftModel.from_pretrained` loads it on top of the PLaMo 3 base."""
     from adapters.hub import HubError, check_repo_id, hub_token
-    from mlx_plamo3.lora import AdapterError
     from mlx_plamo3.paths import artifact_dir
 
     if private and not repo_id:
@@ -146,13 +162,14 @@ def export_command(
         except HubError as exc:
             raise click.ClickException(str(exc)) from None
     out = out or artifact_dir("adapters", f"{adapter_dir.name}-peft")
-    ensure_free(out, force, "--out")
+    ensure_free(out, force, "--out", EXPORT_WRITER, {"--adapter": adapter_dir})
     if fused:
         base_dir = base_dir or artifact_dir("models", DEFAULT_BASE_DIR_NAME)
         if not base_dir.is_dir():
             raise click.UsageError(f"--fused needs the base model; {base_dir} does not exist")
         fused_out = fused_out or out.with_name(f"{out.name}-fused")
-        ensure_free(fused_out, force, "--fused-out")
+        kept = {"--adapter": adapter_dir, "--base": base_dir, "--out": out}
+        ensure_free(fused_out, force, "--fused-out", FUSE_WRITER, kept)
     records = list(results) or default_results()
 
     try:
@@ -171,7 +188,7 @@ def export_command(
             seconds = time.perf_counter() - started
             click.echo(f"fused into {base_dir} -> {fused_out} ({fused_dtype}) in {seconds:.2f} s")
             click.echo("\n".join(directory_listing(fused_out)))
-    except (AdapterError, FileExistsError, ValueError, OSError) as exc:
+    except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
 
     if repo_id:

@@ -33,6 +33,7 @@ SUPPORT_PATTERNS = (
     "*.py",
     "LICENSE*",
 )
+FUSE_WRITER = "mlx-plamo export --fused"  # names its output directories (mlx_plamo3.io)
 
 
 def merge_weight(weight: Any, lora_a: Any, lora_b: Any, scale: float) -> Any:
@@ -124,7 +125,7 @@ def fuse_adapter(
     weight_map: dict[str, str] = {}
     total = 0
     iterate = progress or (lambda items: items)
-    with atomic_directory(out_dir, force=force) as staging:
+    with atomic_directory(out_dir, FUSE_WRITER, force=force) as staging:
         for index, file in enumerate(iterate(files)):
             shard = dequantize_shard(sanitizer.sanitize(mx.load(str(file))), args.quantization)
             for module in modules:

@@ -12,10 +12,13 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 
+from mlx_plamo3.errors import PlamoError
+from mlx_plamo3.io import OUTPUT_MARKER
+
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class HubError(RuntimeError):
+class HubError(PlamoError, RuntimeError):
     """The Hub upload cannot go ahead (no token, malformed repo id) or failed."""
 
 
@@ -56,6 +59,7 @@ def push_folder(
             repo_id=repo_id,
             repo_type="model",
             commit_message=commit_message,
+            ignore_patterns=[OUTPUT_MARKER],
         )
     except Exception as exc:  # the Hub client raises many kinds; report them all the same way
         # str(exc) from huggingface_hub never contains the token.

@@ -33,6 +33,7 @@ from mlx_plamo3.lora import (
     LoraConfig,
     base_fingerprint,
     read_adapter_config,
+    read_adapter_weights,
 )
 from mlx_plamo3.model import ModelArgs, linear_shapes
 
@@ -43,6 +44,7 @@ EXPORT_INFO = "mlx_plamo3_export.json"
 EXPORT_FORMAT = "mlx-plamo3-peft-export"
 PEFT_PREFIX = "base_model.model."
 DEFAULT_BASE_MODEL = "pfnet/plamo-3-nict-2b-base"
+EXPORT_WRITER = "mlx-plamo export"  # names its output directories (mlx_plamo3.io)
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 
 # MLX factor name -> PEFT factor name; both factors are stored transposed on the PEFT side.
@@ -377,13 +379,9 @@ def load_mlx_adapter(
 ) -> tuple[LoraConfig, dict[str, Any], dict[str, Any]]:
     """(config, config document, factors) of an MLX adapter, checked: the factors agree with
     the config, and given a base config, the adapter was trained on that base and fits it."""
-    import mlx.core as mx
 
     adapter_dir = Path(adapter_dir)
     config, document = read_adapter_config(adapter_dir)
-    weights_path = adapter_dir / ADAPTER_WEIGHTS
-    if not weights_path.is_file():
-        raise AdapterError(f"{weights_path} is missing")
     if args is not None:
         recorded = document.get("base_fingerprint")
         if recorded is not None and recorded != base_fingerprint(args):
@@ -392,7 +390,7 @@ def load_mlx_adapter(
                 f"is {recorded}, this base's is {base_fingerprint(args)} (hidden size, layers, "
                 "heads, intermediate size or vocabulary differ)"
             )
-    weights = mx.load(str(weights_path))
+    weights = read_adapter_weights(adapter_dir)
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
     check_mlx_adapter(shapes, config, args, str(adapter_dir))
     return config, document, weights
@@ -455,7 +453,7 @@ def export_peft(
     if len(set(names)) != len(names):
         raise AdapterError(f"two --results files share a file name: {names}")
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir, force=force) as staging:
+    with atomic_directory(out_dir, EXPORT_WRITER, force=force) as staging:
         info = write_peft_adapter(adapter_dir, staging, dtype, base_model, revision)
         peft_config = json.loads((staging / PEFT_CONFIG).read_text())
         for record in records:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from convert.convert import DTYPES, convert_checkpoint
-from mlx_plamo3.loading import CheckpointError
+from mlx_plamo3.errors import USER_ERRORS
 
 
 @click.command(name="convert", context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,7 +73,7 @@ def convert_command(
             force=force,
             revision=revision,
         )
-    except (CheckpointError, FileExistsError, ValueError) as exc:
+    except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote MLX model to {out}")
 

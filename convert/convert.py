@@ -20,7 +20,8 @@ import mlx.nn as nn
 from tqdm import tqdm
 
 from convert.hf_tokenizer import write_hf_tokenizer
-from mlx_plamo3.io import atomic_directory
+from mlx_plamo3.errors import InputError
+from mlx_plamo3.io import atomic_directory, check_replaceable
 from mlx_plamo3.loading import (
     TOKENIZER_FILES,
     CheckpointError,
@@ -33,7 +34,9 @@ from mlx_plamo3.loading import (
     weight_files,
 )
 from mlx_plamo3.model import Model, ModelArgs
+from mlx_plamo3.tokenizer import VOCAB_FILE
 
+CONVERT_WRITER = "python -m convert"  # names its output directories (mlx_plamo3.io)
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 
 
@@ -122,11 +125,15 @@ def convert_checkpoint(
     progress: Callable[[Any], Any] = tqdm,
 ) -> Path:
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     mlx_path = Path(mlx_path)
-    if (mlx_path / "config.json").exists() and not force:
-        raise FileExistsError(f"{mlx_path} already holds a model; pass --force to replace it")
+    check_replaceable(mlx_path, CONVERT_WRITER, force)  # before any download or reading
     source = resolve_model_path(hf_path, revision)
+    if not (source / VOCAB_FILE).is_file():
+        raise CheckpointError(
+            f"{source} has no {VOCAB_FILE} (PLaMo's vocabulary), so the converted model could "
+            "not tokenize anything; copy it from the original checkpoint"
+        )
     config = read_config(source)
     args = ModelArgs.from_dict(config, source=str(source / "config.json"))
     files = weight_files(source)
@@ -143,7 +150,7 @@ def convert_checkpoint(
     weight_map: dict[str, str] = {}
     total_bytes = 0
     try:
-        with atomic_directory(mlx_path, force=True) as staging:
+        with atomic_directory(mlx_path, CONVERT_WRITER, force=force) as staging:
             for index, file in enumerate(progress(files, desc="converting shards", unit="shard")):
                 name = (
                     "model.safetensors"

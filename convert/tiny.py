@@ -89,7 +89,7 @@ def write_tiny_checkpoint(
     `overrides` replace config values (e.g. tie_word_embeddings=False, rope_scaling_factor=2.0).
     """
     out_dir = Path(out_dir)
-    with atomic_directory(out_dir, force=force) as staging:
+    with atomic_directory(out_dir, "mlx-plamo tiny", force=force) as staging:
         vocab_size = write_tiny_tokenizer(staging)
         config = {**TINY_CONFIG, "vocab_size": vocab_size, **overrides}
         save_file(tiny_weights(config, seed), str(staging / "model.safetensors"), {"format": "pt"})

@@ -34,14 +34,30 @@ from data.recipes import (
 from data.schema import CALL, DEFERRED_CALL, Candidate, ParseError
 from data.sources import DEFAULT_SOURCE, Row, SourceInfo, open_source, parse_row
 from data.store import AUDIT_FILE, EVAL_FILE, FRESH_EVAL_FILE, MANIFEST_FILE, TRAIN_FILE
-from mlx_plamo3.io import atomic_directory, atomic_write_json, atomic_write_text, file_sha256
+from mlx_plamo3.errors import InputError, PlamoError
+from mlx_plamo3.io import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    check_replaceable,
+    file_sha256,
+)
 from mlx_plamo3.paths import artifact_dir
 
+BUILD_WRITER = "mlx-plamo data build"  # names its output directories (mlx_plamo3.io)
 SKIP_EXAMPLES = 3  # per reason, in the audit, so a skip can be traced to its row
 SHOWN_ABSENT = 5  # frozen questions named in the warning
 
 
-class FrozenEvalError(RuntimeError):
+class NoUsableRowsError(PlamoError, ValueError):
+    """A source gave no row the build can use; `audit` says what was skipped and where."""
+
+    def __init__(self, message: str, audit: dict[str, Any]):
+        super().__init__(message)
+        self.audit = audit
+
+
+class FrozenEvalError(PlamoError, RuntimeError):
     """`--require-frozen-eval` was given and the source lacks some frozen questions."""
 
 
@@ -61,16 +77,16 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; expected one of {RECIPES}")
+            raise InputError(f"unknown recipe {self.recipe!r}; expected one of {RECIPES}")
         if not self.sources:
-            raise ValueError("at least one source is needed")
+            raise InputError("at least one source is needed")
 
     def sizes(self) -> tuple[int, int]:
         default_call, default_nocall = DEFAULT_SIZES[self.recipe]
         n_call = default_call if self.n_call is None else self.n_call
         n_nocall = default_nocall if self.n_nocall is None else self.n_nocall
         if n_call < 0 or n_nocall < 0:
-            raise ValueError("example counts must not be negative")
+            raise InputError("example counts must not be negative")
         return n_call, n_nocall
 
     def out_dir(self) -> Path:
@@ -89,6 +105,8 @@ class Ingested:
     skipped: Counter[str] = field(default_factory=Counter)
     skip_examples: dict[str, list[str]] = field(default_factory=dict)
     labels_all: Counter[str] = field(default_factory=Counter)
+    usable_by_source: list[int] = field(default_factory=list)  # parsed rows, per source
+    skipped_by_source: list[Counter[str]] = field(default_factory=list)
 
     @property
     def source_rows(self) -> int:
@@ -114,6 +132,8 @@ def ingest(
     for spec in sources:
         info, rows, total = open_source(spec, revision)
         result.sources.append(info)
+        result.usable_by_source.append(0)
+        result.skipped_by_source.append(Counter())
         bar = tqdm(
             _counted(rows, info),
             total=total if total >= 0 else None,
@@ -128,6 +148,7 @@ def ingest(
                 candidate = to_candidate(parse_row(row), index)
             except ParseError as exc:
                 result.skipped[exc.reason] += 1
+                result.skipped_by_source[-1][exc.reason] += 1
                 examples = result.skip_examples.setdefault(exc.reason, [])
                 if len(examples) < SKIP_EXAMPLES:
                     examples.append(f"{spec} row {number}: {exc.detail}")
@@ -135,6 +156,7 @@ def ingest(
             finally:
                 index += 1
             result.parsed += 1
+            result.usable_by_source[-1] += 1
             result.labels_all[candidate.label] += 1
             if candidate.key in frozen_keys:
                 result.matches[candidate.key].append(candidate)
@@ -181,12 +203,39 @@ def shortfall_warnings(name: str, draw: Draw) -> list[str]:
     ]
 
 
+def check_every_source_usable(data: Ingested) -> None:
+    """Raise NoUsableRowsError naming each source that gave no usable row, with its skips."""
+    empty = [i for i, usable in enumerate(data.usable_by_source) if usable == 0]
+    if not empty:
+        return
+    lines = []
+    for i in empty:
+        info, skipped = data.sources[i], data.skipped_by_source[i]
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in skipped.most_common())
+        what = f"{info.rows} rows, all skipped ({reasons})" if info.rows else "no rows at all"
+        lines.append(f"  {info.spec}: {what}")
+    audit = {
+        "sources": [
+            {**info.to_json(), "usable": usable, "skipped": counter_dict(skipped)}
+            for info, usable, skipped in zip(
+                data.sources, data.usable_by_source, data.skipped_by_source, strict=True
+            )
+        ],
+        "skipped_examples": {k: data.skip_examples[k] for k in sorted(data.skip_examples)},
+    }
+    raise NoUsableRowsError(
+        f"{len(empty)} of {len(data.sources)} source(s) gave no usable rows:\n" + "\n".join(lines),
+        audit,
+    )
+
+
 def plan_build(config: BuildConfig, questions: list[FrozenQuestion] | None = None) -> Plan:
     """Compute the whole build in memory; raise before writing if anything is wrong."""
     n_call, n_nocall = config.sizes()
     questions = load_frozen_questions() if questions is None else questions
     frozen_keys = {q.key for q in questions}
     data = ingest(config.sources, frozen_keys, config.revision, config.progress)
+    check_every_source_usable(data)
 
     warnings: list[str] = []
     eval_rows, report = frozen_eval_rows(questions, data.matches)
@@ -305,7 +354,7 @@ def write_plan(plan: Plan, out: Path, force: bool = False) -> None:
             for name, text in texts.items()
         },
     }
-    with atomic_directory(out, force=force) as staging:
+    with atomic_directory(out, BUILD_WRITER, force=force) as staging:
         for name, text in texts.items():
             atomic_write_text(staging / name, text)
         atomic_write_json(staging / AUDIT_FILE, plan.audit)
@@ -316,8 +365,16 @@ def build_dataset(config: BuildConfig) -> tuple[Path, Plan]:
     """Build and write a dataset; returns the output directory and the plan (audit, warnings)."""
     out = config.out_dir()
     # Fail before the (possibly long) pass over the source, not after it.
-    if out.exists() and any(out.iterdir()) and not config.force:
-        raise FileExistsError(f"{out} already exists and is not empty (use --force to replace it)")
-    plan = plan_build(config)
+    check_replaceable(out, BUILD_WRITER, config.force)
+    try:
+        plan = plan_build(config)
+    except NoUsableRowsError as exc:
+        audit_path = out.with_name(f"{out.name}.audit.json")
+        atomic_write_json(audit_path, exc.audit)
+        raise NoUsableRowsError(
+            f"{exc}\nnothing was written to {out}; the skipped rows' line numbers are in "
+            f"{audit_path}",
+            exc.audit,
+        ) from None
     write_plan(plan, out, force=config.force)
     return out, plan

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from data.recipes import DEFAULT_SEED, DEFAULT_SIZES, RECIPES
-from data.sources import DEFAULT_SOURCE, SourceError
+from data.sources import DEFAULT_SOURCE
+from mlx_plamo3.errors import USER_ERRORS
 
 
 @click.group(name="data")
@@ -86,8 +87,7 @@ def build_command(
 ) -> None:
     """Build train.jsonl, eval.jsonl, audit.json and manifest.json from glaive rows."""
     from data.audit import format_audit
-    from data.build import BuildConfig, FrozenEvalError, build_dataset
-    from data.leakage import LeakageError
+    from data.build import BuildConfig, build_dataset
 
     config = BuildConfig(
         recipe=recipe,
@@ -104,7 +104,7 @@ def build_command(
     )
     try:
         path, plan = build_dataset(config)
-    except (SourceError, FrozenEvalError, LeakageError, ValueError, OSError) as exc:
+    except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     for warning in plan.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
@@ -120,7 +120,7 @@ def check_leak_command(train: Path, eval_path: Path) -> None:
 
     TRAIN and EVAL are jsonl files; a built dataset directory stands for its train.jsonl
     (as TRAIN) or for its eval.jsonl and eval_fresh.jsonl (as EVAL)."""
-    from data.leakage import LeakageError, check_no_leak
+    from data.leakage import check_no_leak
     from data.store import TRAIN_FILE, eval_files, load_rows
 
     try:
@@ -130,7 +130,7 @@ def check_leak_command(train: Path, eval_path: Path) -> None:
             raise click.ClickException(f"{eval_path}: no eval.jsonl in this directory")
         eval_rows = [row for path in eval_paths for row in load_rows(path)]
         check_no_leak(train_rows, eval_rows)
-    except (LeakageError, ValueError, OSError) as exc:
+    except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"no leakage: 0 of {len(eval_rows)} eval queries occur in the {len(train_rows)} "

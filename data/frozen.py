@@ -11,6 +11,7 @@ from typing import Any
 from data.leakage import normalise_query
 from data.prompt import example_row, render_tools
 from data.schema import STRICT_NOCALL, Candidate, ToolCall
+from mlx_plamo3.errors import InputError
 
 FROZEN_EVAL_FILE = Path(__file__).with_name("frozen_eval.json")
 KINDS = ("call", "nocall")
@@ -44,9 +45,9 @@ def load_frozen_questions(path: Path = FROZEN_EVAL_FILE) -> list[FrozenQuestion]
     for i, item in enumerate(items):
         for key in ("kind", "question", "gold"):
             if not isinstance(item.get(key), str):
-                raise ValueError(f"{path}: question {i}: missing string {key!r}")
+                raise InputError(f"{path}: question {i}: missing string {key!r}")
         if item["kind"] not in KINDS:
-            raise ValueError(f"{path}: question {i}: 'kind' must be one of {KINDS}")
+            raise InputError(f"{path}: question {i}: 'kind' must be one of {KINDS}")
         question = FrozenQuestion(
             item["kind"], item["question"], item["gold"], item.get("note", "")
         )
@@ -54,7 +55,7 @@ def load_frozen_questions(path: Path = FROZEN_EVAL_FILE) -> list[FrozenQuestion]
             try:
                 question.gold_call()
             except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}: question {i}: 'gold' is not a call: {exc}") from None
+                raise InputError(f"{path}: question {i}: 'gold' is not a call: {exc}") from None
         questions.append(question)
     return questions
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from mlx_plamo3.errors import InputError, PlamoError
+
 SHOWN_QUERIES = 10
 
 
@@ -19,16 +21,16 @@ def row_query(row: dict[str, Any], where: str = "row") -> str:
     """The first user message of a train/eval row."""
     messages = row.get("messages") if isinstance(row, dict) else None
     if not isinstance(messages, list):
-        raise ValueError(f"{where}: missing 'messages' list")
+        raise InputError(f"{where}: missing 'messages' list")
     for message in messages:
         if isinstance(message, dict) and message.get("role") == "user":
             content = message.get("content")
             if isinstance(content, str):
                 return content
-    raise ValueError(f"{where}: no user message with string 'content' in 'messages'")
+    raise InputError(f"{where}: no user message with string 'content' in 'messages'")
 
 
-class LeakageError(ValueError):
+class LeakageError(PlamoError, ValueError):
     """Training data contains evaluation queries; `queries` lists them (eval spelling)."""
 
     def __init__(self, queries: Sequence[str], n_train: int, n_eval: int) -> None:

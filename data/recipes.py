@@ -15,6 +15,7 @@ from typing import Any
 
 from data.prompt import example_row
 from data.schema import CALL, DEFERRED_CALL, NONSTANDARD_CALL, STRICT_NOCALL, Candidate
+from mlx_plamo3.errors import InputError
 
 RECIPES = ("v1", "v2")
 DEFAULT_SEED = 42
@@ -56,7 +57,7 @@ def pools_for(recipe: str, candidates: list[Candidate]) -> tuple[list[Candidate]
         return v1_pools(candidates)
     if recipe == "v2":
         return v2_pools(candidates)
-    raise ValueError(f"unknown recipe {recipe!r}; expected one of {RECIPES}")
+    raise InputError(f"unknown recipe {recipe!r}; expected one of {RECIPES}")
 
 
 def draw(pool: list[Candidate], n: int, rng: random.Random) -> list[Candidate]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlx_plamo3.errors import PlamoError
+
 # Labels of a parsed conversation (rows that list at least one tool):
 CALL = "call"  # the first assistant reply is a function call
 DEFERRED_CALL = "deferred_call"  # first reply is prose, a later assistant turn calls (trap 2)
@@ -18,7 +20,7 @@ ASSISTANT = "assistant"
 FUNCTION_RESPONSE = "function_response"
 
 
-class ParseError(ValueError):
+class ParseError(PlamoError, ValueError):
     """A source row that cannot be used; `reason` is the audit's key for it."""
 
     def __init__(self, reason: str, detail: str = "") -> None:

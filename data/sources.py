@@ -14,6 +14,7 @@ from typing import Any
 from data.glaive import parse_glaive_row
 from data.schema import Conversation, ParseError
 from data.sharegpt import parse_sharegpt_row
+from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import file_sha256
 
 DEFAULT_SOURCE = "glaiveai/glaive-function-calling-v2"
@@ -26,7 +27,7 @@ _SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json"
 Row = dict[str, Any] | ParseError  # a ParseError stands in for a row that could not be read
 
 
-class SourceError(ValueError):
+class SourceError(PlamoError, ValueError):
     """A source that cannot be opened or read as a whole (not one bad row)."""
 
 
@@ -132,15 +133,26 @@ def iter_json_file(path: Path) -> Iterator[Row]:
     raise SourceError(f"{path}: expected a JSON array of rows or JSON Lines")
 
 
-def iter_parquet(path: Path) -> Iterator[Row]:
+def open_parquet(path: Path) -> Any:
+    """A pyarrow ParquetFile, or SourceError naming the file."""
+    import pyarrow as pa
     import pyarrow.parquet as pq  # installed with `datasets`; only parquet sources need it
 
     try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a bad file
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
         raise SourceError(f"{path}: not a readable parquet file: {exc}") from None
-    for batch in parquet.iter_batches(batch_size=4096):
-        yield from batch.to_pylist()
+
+
+def iter_parquet(path: Path) -> Iterator[Row]:
+    import pyarrow as pa
+
+    parquet = open_parquet(path)
+    try:
+        for batch in parquet.iter_batches(batch_size=4096):
+            yield from batch.to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        raise SourceError(f"{path}: corrupt parquet data: {exc}") from None
 
 
 def iter_file(path: Path) -> Iterator[Row]:
@@ -195,9 +207,7 @@ def open_source(spec: str, revision: str | None = None) -> tuple[SourceInfo, Ite
         info = SourceInfo(spec=spec, kind="file", sha256=file_sha256(path))
         total = -1
         if path.suffix.lower() == ".parquet":
-            import pyarrow.parquet as pq
-
-            total = pq.ParquetFile(path).metadata.num_rows
+            total = open_parquet(path).metadata.num_rows
         return info, iter_file(path), total
     if path.is_dir():
         if any((path / marker).exists() for marker in _SAVED_DATASET_MARKERS):

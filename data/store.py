@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from data.recipes import RECIPES
+from mlx_plamo3.errors import InputError
 from mlx_plamo3.paths import artifact_dir
 
 TRAIN_FILE = "train.jsonl"
@@ -45,17 +46,17 @@ def resolve_dataset(name_or_path: str | Path) -> Path:
 def validate_row(row: Any, where: str) -> dict[str, Any]:
     """Check one train/eval row's shape; the error names the file, line and key."""
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: row is not a JSON object")
+        raise InputError(f"{where}: row is not a JSON object")
     messages = row.get("messages")
     if not isinstance(messages, list) or len(messages) != len(ROLES):
-        raise ValueError(f"{where}: 'messages' must be a list of {len(ROLES)} messages")
+        raise InputError(f"{where}: 'messages' must be a list of {len(ROLES)} messages")
     for i, (message, role) in enumerate(zip(messages, ROLES, strict=True)):
         if not isinstance(message, dict) or message.get("role") != role:
-            raise ValueError(f"{where}: 'messages'[{i}] must have 'role' {role!r}")
+            raise InputError(f"{where}: 'messages'[{i}] must have 'role' {role!r}")
         if not isinstance(message.get("content"), str):
-            raise ValueError(f"{where}: 'messages'[{i}] has no string 'content'")
+            raise InputError(f"{where}: 'messages'[{i}] has no string 'content'")
     if row.get("kind") not in KINDS:
-        raise ValueError(f"{where}: 'kind' must be one of {KINDS}, got {row.get('kind')!r}")
+        raise InputError(f"{where}: 'kind' must be one of {KINDS}, got {row.get('kind')!r}")
     return row
 
 
@@ -72,7 +73,7 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON: {exc}") from None
+                raise InputError(f"{path}:{number}: not JSON: {exc}") from None
             rows.append(validate_row(row, f"{path}:{number}"))
     return rows
 

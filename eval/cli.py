@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from eval.compare import compare_rows, format_comparison
-from eval.records import RecordsError, load_records, write_records
+from eval.records import load_records, write_records
 from eval.scoring import (
     MODES,
     RATE_KEYS,
@@ -22,6 +22,7 @@ from eval.scoring import (
     summarize,
     summary_mismatches,
 )
+from mlx_plamo3.errors import USER_ERRORS
 
 MODE_HELP = (
     "seed: the seed study's scoring, reproducing its numbers exactly. strict: a call also needs "
@@ -107,7 +108,7 @@ def score_command(records: Path, mode: str, as_json: bool) -> None:
     """Rescore an evaluation RECORDS file (summary + per-question rows) without a model."""
     try:
         result = score_records(records, mode)
-    except (RecordsError, ValueError) as exc:
+    except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
@@ -163,24 +164,32 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Records file [artifacts/results/<label>.json].",
 )
+@click.option("--force", is_flag=True, help="Replace an existing records file.")
 @click.option(
     "--label", help="Name of this run in the records and the default file name [condition]."
 )
-@click.option("--limit", type=int, help="Evaluate only the first N questions.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate only the first N questions.")
 @click.option(
     "--batch-size",
+    type=click.IntRange(min=1),
     default=8,
     show_default=True,
     help="Prompts generated together (lowered when the memory budget needs it).",
 )
 @click.option(
     "--memory-limit",
-    type=float,
+    type=click.FloatRange(min=0.0, min_open=True),
     default=None,
     help="Memory budget in GiB [default: what MLX may use here: Metal's recommended working "
     "set on Apple silicon, else a share of RAM].",
 )
-@click.option("--max-new-tokens", default=160, show_default=True, help="The seed used 160.")
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=160,
+    show_default=True,
+    help="The seed used 160.",
+)
 @click.option(
     "--no-prefix-reuse", is_flag=True, help="Run every prompt from scratch, like the seed."
 )
@@ -203,6 +212,7 @@ def eval_command(
     model_path: str | None,
     data_name: str,
     out: Path | None,
+    force: bool,
     label: str | None,
     limit: int | None,
     batch_size: int,
@@ -216,7 +226,7 @@ def eval_command(
     if compare:
         try:
             print_comparison(compare_records(*compare, mode=mode))
-        except (RecordsError, ValueError) as exc:
+        except USER_ERRORS as exc:
             raise click.ClickException(str(exc)) from None
         return
     import mlx.core as mx
@@ -237,6 +247,8 @@ def eval_command(
     model_path = model_path or str(artifact_dir("models", "plamo-3-nict-2b-base"))
     label = label or condition
     out = out or artifact_dir("results", f"{label}.json")
+    if out.exists() and not force:  # before the model loads: the records hold a whole run
+        raise click.UsageError(f"{out} already exists; pass --force to replace it")
     try:
         eval_file = resolve_dataset(data_name) / "eval.jsonl"
         rows = load_rows(eval_file)
@@ -244,7 +256,7 @@ def eval_command(
         if adapter:
             load_adapter(model, adapter)
             model.eval()
-    except (OSError, ValueError) as exc:
+    except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     limit_bytes, _ = budget(memory_limit)
     total = min(limit, len(rows)) if limit else len(rows)

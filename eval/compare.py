@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from eval.scoring import KINDS, RATE_KEYS, Verdict, score_rows
+from mlx_plamo3.errors import InputError
 
 # The row kind each metric is measured on (see `passes` for what counts as a pass).
 METRIC_KIND: dict[str, str] = {
@@ -31,7 +32,7 @@ def passes(verdict: Verdict, metric: str) -> bool:
         return verdict.args_exact
     if metric == "false_call_rate":
         return not verdict.false_call
-    raise ValueError(f"unknown metric {metric!r}; expected one of {RATE_KEYS}")
+    raise InputError(f"unknown metric {metric!r}; expected one of {RATE_KEYS}")
 
 
 def has_questions(rows: Sequence[Mapping[str, Any]]) -> bool:
@@ -46,7 +47,7 @@ def keyed_rows(
     for index, row in enumerate(rows):
         key = (row["kind"], row["question"] if by_question else f"#{index}")
         if key in keys:
-            raise ValueError(
+            raise InputError(
                 f"{label}: row {index} repeats the {key[0]} question of row {keys[key]}: {key[1]!r}"
             )
         keys[key] = index

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from eval.scoring import KINDS, parse_gold
+from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_write_json
 
 REQUIRED_ROW_KEYS: tuple[str, ...] = ("kind", "gold", "pred")
 
 
-class RecordsError(ValueError):
+class RecordsError(PlamoError, ValueError):
     """A records file that cannot be used; the message names the file and the row."""
 
 

@@ -33,6 +33,7 @@ from eval.scoring import (
     summarize,
     summary_mismatches,
 )
+from mlx_plamo3.errors import InputError
 from mlx_plamo3.io import atomic_write_bytes, atomic_write_text
 from mlx_plamo3.paths import artifact_dir, mlflow_uri
 
@@ -683,7 +684,7 @@ def build_report(
     `tracking_uri=None` leaves MLflow out. Figures are written first and the page last, each
     atomically, so a page on disk always has its figures."""
     if mode not in MODES:
-        raise ValueError(f"unknown scoring mode {mode!r}; expected one of {MODES}")
+        raise InputError(f"unknown scoring mode {mode!r}; expected one of {MODES}")
     results = Path(results)
     conditions, skipped = (
         load_conditions(results, mode, recursive) if results.is_dir() else ([], [])

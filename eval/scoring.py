@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mlx_plamo3.errors import InputError
+
 MODES: tuple[str, ...] = ("seed", "strict")
 KINDS: tuple[str, ...] = ("call", "nocall")
 # Rates in the order (and with the names) the seed's summaries use.
@@ -60,11 +62,11 @@ def parse_gold(gold: str, where: str | None = None) -> dict[str, Any]:
     try:
         obj = json.loads(gold)
     except ValueError as exc:
-        raise ValueError(f"{prefix}gold of a call row is not valid JSON ({exc})") from None
+        raise InputError(f"{prefix}gold of a call row is not valid JSON ({exc})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        raise ValueError(f"{prefix}gold of a call row must be a JSON object with a string 'name'")
+        raise InputError(f"{prefix}gold of a call row must be a JSON object with a string 'name'")
     if not isinstance(obj.get("arguments"), dict):
-        raise ValueError(f"{prefix}gold of a call row must have an object 'arguments'")
+        raise InputError(f"{prefix}gold of a call row must have an object 'arguments'")
     return obj
 
 
@@ -136,7 +138,7 @@ def score_row(row: Mapping[str, Any], mode: str = "seed", index: int | None = No
     where = "row" if index is None else f"row {index}"
     kind = row.get("kind")
     if kind not in KINDS:
-        raise ValueError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
     obj = parse_prediction(row["pred"])
     reason = call_check(obj, mode, row_tools(row) if mode == "strict" else None)
     is_call = reason == ""
@@ -243,4 +245,4 @@ def summary_mismatches(
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"unknown scoring mode {mode!r}; expected one of {MODES}")
+        raise InputError(f"unknown scoring mode {mode!r}; expected one of {MODES}")

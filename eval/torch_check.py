@@ -21,8 +21,9 @@ from typing import Any
 import click
 
 from eval.harness import cut_at_turn_end, prompt_messages, question_of
-from eval.records import Records, RecordsError, load_records
+from eval.records import Records, load_records
 from eval.scoring import MODES, RATE_KEYS, describe_rate, summarize
+from mlx_plamo3.errors import USER_ERRORS, PlamoError
 
 DEVICES = ("cpu", "cuda", "mps")
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
@@ -34,7 +35,7 @@ MODEL_CODE_NAMES = {
 }
 
 
-class CheckError(ValueError):
+class CheckError(PlamoError, ValueError):
     """The check cannot run: inputs that do not belong together or cannot be read."""
 
 
@@ -580,8 +581,6 @@ def check_torch_command(
 
     Exits 1 when fewer than --min-agreement questions produce identical outputs."""
     from mlx_plamo3.io import atomic_write_json
-    from mlx_plamo3.loading import CheckpointError
-    from mlx_plamo3.lora import AdapterError
 
     setup = CheckSetup(
         base=base,
@@ -597,7 +596,7 @@ def check_torch_command(
     )
     try:
         report = run_check(setup, progress=not quiet)
-    except (CheckError, RecordsError, AdapterError, CheckpointError, OSError, ValueError) as exc:
+    except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     required = report["n"] if min_agreement is None else min_agreement
     report["min_agreement"] = required

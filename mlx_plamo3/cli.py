@@ -52,10 +52,17 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    invoke_without_command=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="mlx-plamo3")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """PLaMo 3 tool calling in MLX: convert, data, train, eval, export, check."""
+    if ctx.invoked_subcommand is None:  # bare `mlx-plamo`: the help, and success
+        click.echo(ctx.get_help())
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import mlx.core as mx
 
+from mlx_plamo3.errors import USER_ERRORS, InputError, PlamoError
 from mlx_plamo3.model import Model, Plamo3Cache
 
 
@@ -140,7 +141,7 @@ def generate(
             i for i, p in enumerate(prompts) if len(p) + sampling.max_new_tokens > context_length
         ]
         if too_long:
-            raise ValueError(
+            raise InputError(
                 f"prompts {too_long[:5]} plus {sampling.max_new_tokens} new tokens exceed the "
                 f"model's context of {context_length} tokens"
             )
@@ -200,9 +201,27 @@ class TextStreamer:
     help='A JSON file holding a list of {"role", "content"} messages.',
 )
 @click.option("--raw", is_flag=True, help="Send --prompt as plain text, without the template.")
-@click.option("--max-new-tokens", default=160, show_default=True, help="Tokens to generate.")
-@click.option("--temperature", default=0.0, show_default=True, help="0 decodes greedily.")
-@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling mass.")
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=160,
+    show_default=True,
+    help="Tokens to generate.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0.0),
+    default=0.0,
+    show_default=True,
+    help="0 decodes greedily.",
+)
+@click.option(
+    "--top-p",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Nucleus sampling mass, in (0, 1].",
+)
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
 def generate_command(
     model_path: str,
@@ -221,15 +240,15 @@ def generate_command(
 
     if (prompt is None) == (messages is None):
         raise click.UsageError("give exactly one of --prompt and --messages")
-    model, tokenizer = load(model_path)
-    if adapter:
-        load_adapter(model, adapter)
-        model.eval()
-    if messages is not None:
-        try:
-            chat = json.loads(messages.read_text())
-        except json.JSONDecodeError as exc:
-            raise click.ClickException(f"{messages} is not valid JSON: {exc}") from exc
+    chat = read_messages(messages) if messages is not None else None
+    try:
+        model, tokenizer = load(model_path)
+        if adapter:
+            load_adapter(model, adapter)
+            model.eval()
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
+    if chat is not None:
         ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
     elif raw:
         ids = tokenizer.encode(prompt)
@@ -249,15 +268,37 @@ def generate_command(
             context_length=model.args.max_position_embeddings,
             on_token=streamer,
         )
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except PlamoError as exc:
+        raise click.ClickException(str(exc)) from None
     streamer.finish()
     sys.stdout.write("\n")
 
 
+def read_messages(path: Path) -> list[dict[str, str]]:
+    """The chat in a --messages file: a JSON list of {"role", "content"} strings."""
+    try:
+        chat = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(chat, list) or not chat:
+        raise click.ClickException(f'{path}: expected a non-empty list of {{"role", "content"}}')
+    for index, message in enumerate(chat):
+        if not (
+            isinstance(message, dict)
+            and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)
+        ):
+            raise click.ClickException(
+                f'{path}: message {index} is not {{"role": <string>, "content": <string>}}: '
+                f"{json.dumps(message)[:120]}"
+            )
+    return chat
+
+
 def stop_token_ids(tokenizer) -> set[int]:
-    """The chat turn terminator and end-of-sequence."""
+    """The chat turn terminator, end-of-sequence and the eos ids of generation_config.json."""
     stops = {tokenizer.convert_tokens_to_ids("<|plamo:tag|>")}
     if tokenizer.eos_token_id is not None:
         stops.add(tokenizer.eos_token_id)
+    stops |= tokenizer.generation_eos_ids
     return {s for s in stops if s is not None}

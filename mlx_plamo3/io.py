@@ -1,10 +1,19 @@
 """Atomic file and directory writes: an interrupted run never leaves a file or directory
-that looks complete but is not."""
+that looks complete but is not, and a command never deletes what it did not write.
+
+Every directory written through `atomic_directory` carries a small marker file (`OUTPUT_MARKER`)
+naming the command that wrote it and the files it wrote. Replacing a directory (`force`) is
+allowed only when the marker names the same command and the directory holds nothing else; a
+directory the user made, one holding other models, or one where files were added since is
+refused, naming what is there. Staging directories left by killed runs are removed the next
+time the same output is written (each carries the writer's process id, so a live writer's
+staging directory is never touched)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -12,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from mlx_plamo3.errors import PlamoError
 
 
 def _umask() -> int:
@@ -45,19 +56,108 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+logger = logging.getLogger(__name__)
+
+OUTPUT_MARKER = ".mlx-plamo-output.json"
+STAGING_SUFFIX = ".staging"
+
+
+class OutputDirectoryError(PlamoError, FileExistsError):
+    """An output directory that the command may not write over."""
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _entry_names(path: Path) -> list[str]:
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+
+
+def check_replaceable(path: str | Path, writer: str, force: bool) -> None:
+    """Raise OutputDirectoryError unless `writer` may write `path`: it is missing or empty, or
+    (with `force`) it is an earlier output of the same writer holding only what it wrote."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise OutputDirectoryError(f"{path} is a file, not a directory")
+    names = _entry_names(path)
+    if not names:
+        return
+    if not force:
+        raise OutputDirectoryError(
+            f"{path} already exists and is not empty (use --force to replace it)"
+        )
+    try:
+        marker = json.loads((path / OUTPUT_MARKER).read_text())
+        written_by, written = marker["written_by"], set(marker["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OutputDirectoryError(
+            f"{path} was not written by {writer}, so --force will not replace it (it holds "
+            f"{_listing(names)}). Choose another output directory, or move those files away."
+        ) from None
+    if written_by != writer:
+        raise OutputDirectoryError(
+            f"{path} was written by {written_by}, not {writer}; --force will not replace it. "
+            "Choose another output directory."
+        )
+    added = [n for n in names if n.rstrip("/") not in written | {OUTPUT_MARKER}]
+    if added:
+        raise OutputDirectoryError(
+            f"{path} holds files that {writer} did not write ({_listing(added)}); --force "
+            "will not delete them. Move them away or choose another output directory."
+        )
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_stale_staging(path: Path) -> list[Path]:
+    """Remove the staging directories of `path` left by writers that are no longer running."""
+    removed = []
+    prefix = f".{path.name}."
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.iterdir():
+        name = candidate.name
+        ours = name.startswith(prefix) and name.endswith(STAGING_SUFFIX)
+        if not ours or not candidate.is_dir():
+            continue
+        owner = name[len(prefix) :].split(".", 1)[0]
+        if owner.isdigit() and _process_alive(int(owner)):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        logger.warning("removed %s, left by an interrupted earlier run", candidate)
+        removed.append(candidate)
+    return removed
+
+
 @contextmanager
-def atomic_directory(path: str | Path, force: bool = False) -> Iterator[Path]:
+def atomic_directory(path: str | Path, writer: str, force: bool = False) -> Iterator[Path]:
     """Yield a staging directory beside `path`; on success it replaces `path` in one rename.
 
-    A failure or kill leaves `path` as it was (a stale `.staging` directory at worst)."""
+    `writer` names the command (as the user types it); `check_replaceable` decides whether an
+    existing `path` may be replaced. A failure or kill leaves `path` as it was."""
     path = Path(path)
-    if path.exists() and any(path.iterdir()) and not force:
-        raise FileExistsError(f"{path} already exists and is not empty (use --force to replace it)")
+    remove_stale_staging(path)
+    check_replaceable(path, writer, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".staging"))
+    prefix = f".{path.name}.{os.getpid()}."
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=STAGING_SUFFIX))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp creates 0700
     try:
         yield staging
+        written = sorted(p.name for p in staging.iterdir())
+        atomic_write_json(staging / OUTPUT_MARKER, {"written_by": writer, "files": written})
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -69,6 +169,36 @@ def atomic_directory(path: str | Path, force: bool = False) -> Iterator[Path]:
     os.replace(staging, path)
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+class FileFormatError(PlamoError, ValueError):
+    """A file that is missing, empty, truncated or not in its format; the message names it."""
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON document in `path`, or FileFormatError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FileFormatError(f"{path} is not valid JSON ({exc})") from None
+
+
+def read_safetensors(path: str | Path) -> dict[str, Any]:
+    """The arrays in a safetensors file, or FileFormatError naming the file."""
+    import mlx.core as mx
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileFormatError(f"{path} is missing")
+    try:
+        return mx.load(str(path), format="safetensors")
+    except (RuntimeError, ValueError) as exc:
+        raise FileFormatError(
+            f"{path} cannot be read: it is empty, truncated or not a safetensors file ({exc})"
+        ) from None
 
 
 def file_sha256(path: str | Path) -> str:

@@ -16,6 +16,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from mlx_plamo3.errors import PlamoError
+from mlx_plamo3.io import FileFormatError, read_json
 from mlx_plamo3.model import Model, ModelArgs
 
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -29,7 +31,7 @@ TOKENIZER_FILES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PlamoError, ValueError):
     """A checkpoint is missing, truncated or does not match the model."""
 
 
@@ -52,10 +54,39 @@ def resolve_model_path(path_or_repo: str | Path, revision: str | None = None) ->
         return path
     if not is_hub_id(str(path_or_repo)):
         raise CheckpointError(f"{path_or_repo}: no such directory (and not a Hub id 'org/name')")
+    return download_from_hub(str(path_or_repo), revision)
+
+
+def download_from_hub(repo_id: str, revision: str | None) -> Path:
+    """The checkpoint files of a Hub repo (from the local cache when offline), or one
+    CheckpointError saying why they cannot be had."""
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     patterns = ["*.json", "*.safetensors", "*.jsonl", "*.jinja", "tokenization_*.py"]
-    return Path(snapshot_download(str(path_or_repo), revision=revision, allow_patterns=patterns))
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except GatedRepoError:
+        reason = "is gated: accept its terms on the Hub and log in (hf auth login)"
+    except RepositoryNotFoundError:
+        reason = "does not exist on the Hugging Face Hub (or is private: log in with hf auth login)"
+    except RevisionNotFoundError:
+        reason = f"has no revision {revision!r}"
+    except LocalEntryNotFoundError:
+        reason = (
+            "cannot be downloaded (offline, or the Hub is unreachable) and is not in the local "
+            "Hugging Face cache; download it where there is a connection, or pass a local "
+            "checkpoint directory"
+        )
+    except (HfHubHTTPError, OSError) as exc:
+        reason = f"could not be downloaded: {exc}"
+    raise CheckpointError(f"{repo_id} {reason}")
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -95,8 +126,11 @@ def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors shards of a checkpoint, in index order; refuses pickled checkpoints."""
     index_path = model_dir / "model.safetensors.index.json"
     if index_path.is_file():
-        weight_map = json.loads(index_path.read_text()).get("weight_map", {})
-        files = [model_dir / name for name in dict.fromkeys(weight_map.values())]
+        try:
+            weight_map = read_json(index_path)["weight_map"]
+            files = [model_dir / name for name in dict.fromkeys(weight_map.values())]
+        except (FileFormatError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index_path}: no readable weight_map ({exc})") from None
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise CheckpointError(f"{index_path} names shards that are missing: {missing}")

@@ -29,7 +29,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mlx_plamo3.io import atomic_save_safetensors, atomic_write_json
+from mlx_plamo3.errors import PlamoError
+from mlx_plamo3.io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors
 from mlx_plamo3.loading import weight_problems
 from mlx_plamo3.model import Model, ModelArgs
 
@@ -39,7 +40,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FORMAT = "mlx-plamo3-lora"
 
 
-class AdapterError(ValueError):
+class AdapterError(PlamoError, ValueError):
     """An adapter does not fit the model or is malformed."""
 
 
@@ -227,19 +228,36 @@ def read_adapter_config(adapter_dir: str | Path) -> tuple[LoraConfig, dict[str, 
     path = Path(adapter_dir) / ADAPTER_CONFIG
     if not path.is_file():
         raise AdapterError(f"{path} is missing; is {adapter_dir} an adapter directory?")
-    document = json.loads(path.read_text())
-    if document.get("format") != ADAPTER_FORMAT:
-        raise AdapterError(
-            f"{path}: format is {document.get('format')!r}, expected {ADAPTER_FORMAT!r}"
+    document = read_json(path)
+    if not isinstance(document, dict) or document.get("format") != ADAPTER_FORMAT:
+        found = document.get("format") if isinstance(document, dict) else type(document).__name__
+        raise AdapterError(f"{path}: format is {found!r}, expected {ADAPTER_FORMAT!r}")
+    try:
+        config = LoraConfig(
+            r=int(document["r"]),
+            lora_alpha=float(document["lora_alpha"]),
+            lora_dropout=float(document["lora_dropout"]),
+            target_modules=[str(t) for t in document["target_modules"]],
         )
-    config = LoraConfig(
-        r=document["r"],
-        lora_alpha=document["lora_alpha"],
-        lora_dropout=document["lora_dropout"],
-        target_modules=list(document["target_modules"]),
-    )
-    config.validate()
+    except KeyError as exc:
+        raise AdapterError(f"{path}: the key {exc} is missing") from None
+    except (TypeError, ValueError) as exc:
+        raise AdapterError(
+            f"{path}: r, lora_alpha, lora_dropout or target_modules: {exc}"
+        ) from None
+    try:
+        config.validate()
+    except AdapterError as exc:
+        raise AdapterError(f"{path}: {exc}") from None
     return config, document
+
+
+def read_adapter_weights(adapter_dir: str | Path) -> dict[str, mx.array]:
+    """The LoRA factors saved in `adapter_dir`, or AdapterError naming the file."""
+    try:
+        return read_safetensors(Path(adapter_dir) / ADAPTER_WEIGHTS)
+    except ValueError as exc:
+        raise AdapterError(str(exc)) from None
 
 
 def load_adapter(model: Model, adapter_dir: str | Path) -> LoraConfig:
@@ -252,7 +270,7 @@ def load_adapter(model: Model, adapter_dir: str | Path) -> LoraConfig:
             f"(fingerprint {document['base_fingerprint']}, this model {expected})"
         )
     apply_lora(model, config)
-    weights = mx.load(str(Path(adapter_dir) / ADAPTER_WEIGHTS))
+    weights = read_adapter_weights(adapter_dir)
     wanted = {k: tuple(v.shape) for k, v in lora_parameters(model).items()}
     found = {k: tuple(v.shape) for k, v in weights.items()}
     problems = weight_problems(wanted, found, "adapter", limit=4)

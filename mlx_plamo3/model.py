@@ -22,6 +22,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from mlx_plamo3.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 # Keys every Hugging Face config may carry that do not shape the network.
@@ -72,7 +74,7 @@ class ModelArgs:
         """Build args from a checkpoint config; refuses other model types, logs unknown keys."""
         model_type = config.get("model_type")
         if model_type != "plamo3":
-            raise ValueError(f"{source}: model_type is {model_type!r}, expected 'plamo3'")
+            raise InputError(f"{source}: model_type is {model_type!r}, expected 'plamo3'")
         config = dict(config)
         # Some exports name the window `sliding_window`; it means the same as window_size.
         if isinstance(config.get("sliding_window"), int):
@@ -87,21 +89,21 @@ class ModelArgs:
             if f.default is MISSING and f.default_factory is MISSING and f.name not in config
         ]
         if missing:
-            raise ValueError(f"{source}: missing required keys {missing}")
+            raise InputError(f"{source}: missing required keys {missing}")
         args = cls(**{k: v for k, v in config.items() if k in known})
         args.validate(source)
         return args
 
     def validate(self, source: str = "config.json") -> None:
         if self.num_attention_heads % self.num_key_value_heads:
-            raise ValueError(
+            raise InputError(
                 f"{source}: num_attention_heads ({self.num_attention_heads}) is not a multiple "
                 f"of num_key_value_heads ({self.num_key_value_heads})"
             )
         if self.head_dim % 2:
-            raise ValueError(f"{source}: head_dim ({self.head_dim}) must be even for RoPE")
+            raise InputError(f"{source}: head_dim ({self.head_dim}) must be even for RoPE")
         if self.window_size < 1 or self.sliding_window_pattern < 1:
-            raise ValueError(f"{source}: window_size and sliding_window_pattern must be >= 1")
+            raise InputError(f"{source}: window_size and sliding_window_pattern must be >= 1")
 
     def is_full_attention(self, layer_idx: int) -> bool:
         return (layer_idx + 1) % self.sliding_window_pattern == 0

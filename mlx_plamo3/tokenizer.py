@@ -61,9 +61,12 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from mlx_plamo3.errors import InputError, PlamoError
+
 VOCAB_FILE = "tokenizer.jsonl"
 CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
+GENERATION_CONFIG_FILE = "generation_config.json"
 FALLBACK_TEMPLATE = Path(__file__).with_name(TEMPLATE_FILE)
 
 KINDS = ("NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE")
@@ -132,11 +135,11 @@ _UNSUPPORTED_TEMPLATE_OPTIONS = (
 )
 
 
-class TokenizerFileError(ValueError):
+class TokenizerFileError(PlamoError, ValueError):
     """A tokenizer file that cannot be used; the message names the file, line or key."""
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(PlamoError, ValueError):
     """A chat template that fails to compile or render, or messages it cannot take."""
 
 
@@ -277,6 +280,22 @@ def _token_text(value: Any, key: str, source: str) -> str | None:
     raise TokenizerFileError(f"{source}: key {key!r} must be a token string, got {value!r}")
 
 
+def generation_eos_ids(path: Path) -> frozenset[int]:
+    """The eos ids a checkpoint's generation_config.json names (an int or a list), if any."""
+    if not path.is_file():
+        return frozenset()
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise TokenizerFileError(f"{path}: not a JSON object ({exc})") from None
+    values = value if isinstance(value, list) else [value]
+    if value is None:
+        return frozenset()
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise TokenizerFileError(f"{path}: eos_token_id must be an integer or a list of them")
+    return frozenset(values)
+
+
 def _threshold(config: Mapping[str, Any], key: str, source: str) -> int | None:
     value = config.get(key)
     if value is None:
@@ -375,6 +394,8 @@ class Plamo3Tokenizer:
         for key in sorted(set(config) - _CONFIG_KEYS - _IGNORED_CONFIG_KEYS):
             warnings.warn(f"{config_source}: unknown key {key!r} ignored", stacklevel=2)
         self.source = source
+        # Extra ids that end generation, from generation_config.json (set by from_pretrained).
+        self.generation_eos_ids: frozenset[int] = frozenset()
         self._pieces = [piece for piece, _, _ in rows]
         self._kinds = [kind for _, _, kind in rows]
         self._scores = [score for _, score, _ in rows]
@@ -402,15 +423,20 @@ class Plamo3Tokenizer:
                         f"{config_source}: key {key!r} lists {value!r}, not in the vocabulary"
                     )
                 extra.append(text)
-        self._check_added_tokens(config.get("added_tokens_decoder") or {}, config_source)
+        added = config.get("added_tokens_decoder") or {}
+        self._check_added_tokens(added, config_source)
 
         self.add_bos_token = bool(config.get("add_bos_token", False))
         self.add_eos_token = bool(config.get("add_eos_token", False))
         specials = [text for text in self._special.values() if text is not None] + extra
         self._special_texts = frozenset(specials)
         self._all_special_ids = sorted({self._piece_to_id[text] for text in specials})
-        # Specials first (longest first, as a trie would), then the generic control pattern.
-        alternatives = [re.escape(text) for text in sorted(self._special_texts, key=len)[::-1]]
+        # Cut out whole, as transformers does: the specials and every added token.
+        where = "added_tokens_decoder"
+        added_texts = {_token_text(v, where, config_source) for v in added.values()}
+        self._whole_texts = self._special_texts | (added_texts - {None})
+        # Those first (longest first, as a trie would), then the generic control pattern.
+        alternatives = [re.escape(text) for text in sorted(self._whole_texts, key=len)[::-1]]
         self._atom_pattern = re.compile("|".join([*alternatives, CONTROL_PATTERN]))
         self._break_pattern = repeat_break_pattern(
             _threshold(config, "break_around_repeated_chars_threshold", config_source),
@@ -455,6 +481,7 @@ class Plamo3Tokenizer:
         tokenizer = cls(rows, config, chat_template=template, source=str(path))
         if template is not None:
             tokenizer.chat_template_source = str(template_path)
+        tokenizer.generation_eos_ids = generation_eos_ids(path / GENERATION_CONFIG_FILE)
         return tokenizer
 
     def _check_added_tokens(self, added: Mapping[str, Any], source: str) -> None:
@@ -574,7 +601,7 @@ class Plamo3Tokenizer:
             if match.start() > last:
                 ids.extend(self._stretch_ids(text[last : match.start()]))
             atom = match.group(0)
-            if atom in self._special_texts:
+            if atom in self._whole_texts:
                 ids.append(self._piece_to_id[atom])
             else:
                 ids.extend(self._segment_ids(atom))
@@ -604,7 +631,7 @@ class Plamo3Tokenizer:
                 try:
                     encoded = char.encode("utf-8")
                 except UnicodeEncodeError:
-                    raise ValueError(
+                    raise InputError(
                         f"text contains a lone surrogate {char!r}, which has no UTF-8 bytes"
                     ) from None
                 ids.extend(self._byte_ids[b] for b in encoded)

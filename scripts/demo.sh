@@ -41,10 +41,10 @@ run $CLI train --data "$W/data/v2" --model "$W/models/tiny" --adapter-path "$W/a
 banner "5. evaluate: base zero-shot, base 2-shot, and with the LoRA"
 for condition in base base-fewshot; do
   run $CLI eval --condition "$condition" --model "$W/models/tiny" --data "$W/data/v2" \
-    --out "$W/results/$condition.json"
+    --out "$W/results/$condition.json" --force
 done
 run $CLI eval --condition lora --adapter "$W/adapters/demo" --model "$W/models/tiny" \
-  --data "$W/data/v2" --out "$W/results/lora.json"
+  --data "$W/data/v2" --out "$W/results/lora.json" --force
 run $CLI eval --compare "$W/results/base.json" "$W/results/lora.json"
 
 banner "6. export the adapter to PEFT (with model card and eval records)"

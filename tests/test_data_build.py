@@ -17,6 +17,7 @@ from data.build import BuildConfig, FrozenEvalError, build_dataset, plan_build
 from data.frozen import load_frozen_questions, synthesize_tool
 from data.leakage import LeakageError, normalise_query
 from data.schema import ToolCall
+from mlx_plamo3.io import OUTPUT_MARKER
 
 SAMPLES = Path(data.__file__).parent / "samples"
 GLAIVE = SAMPLES / "glaive-function-calling-v2.sample.jsonl"
@@ -254,7 +255,7 @@ def test_written_build_is_byte_identical_on_rebuild(tmp_path: Path) -> None:
     second, _ = build_dataset(config(tmp_path, GLAIVE, DEMO, out=tmp_path / "b", n_call=30))
     other, _ = build_dataset(config(tmp_path, GLAIVE, DEMO, out=tmp_path / "c", n_call=30, seed=7))
     names = sorted(p.name for p in first.iterdir())
-    assert names == ["audit.json", "eval.jsonl", "manifest.json", "train.jsonl"]
+    assert names == [OUTPUT_MARKER, "audit.json", "eval.jsonl", "manifest.json", "train.jsonl"]
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
     assert (first / "train.jsonl").read_bytes() != (other / "train.jsonl").read_bytes()
@@ -288,8 +289,15 @@ def test_existing_output_needs_force(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="--force"):
         build_dataset(config(tmp_path, GLAIVE))
     assert (out / "keep.txt").read_text() == "precious"
-    build_dataset(config(tmp_path, GLAIVE, force=True))
-    assert not (out / "keep.txt").exists() and (out / "train.jsonl").is_file()
+    # --force replaces an earlier build, never a directory holding files it did not write.
+    with pytest.raises(FileExistsError, match=r"keep\.txt"):
+        build_dataset(config(tmp_path, GLAIVE, force=True))
+    assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    build_dataset(config(tmp_path, GLAIVE))
+    first = (out / "train.jsonl").read_bytes()
+    build_dataset(config(tmp_path, GLAIVE, seed=5, force=True))
+    assert (out / "train.jsonl").read_bytes() != first
 
 
 def test_default_output_is_the_recipe_artifact_dir(

@@ -33,6 +33,7 @@ from adapters.peft import (
 )
 from convert.tiny import write_tiny_checkpoint
 from eval.records import load_records
+from mlx_plamo3.io import OUTPUT_MARKER
 from mlx_plamo3.loading import load_model
 from mlx_plamo3.lora import AdapterError, LoraConfig, lora_parameters
 
@@ -319,7 +320,7 @@ def test_export_cli_writes_the_directory_and_refuses_to_overwrite(adapter, tmp_p
     result = CliRunner().invoke(export_command, [*args, "--results", base_records])
     assert result.exit_code == 0, result.output
     names = {p.name for p in out.iterdir()}
-    assert names == {PEFT_WEIGHTS, PEFT_CONFIG, "README.md", EXPORT_INFO, "eval"}
+    assert names == {PEFT_WEIGHTS, PEFT_CONFIG, "README.md", EXPORT_INFO, "eval", OUTPUT_MARKER}
     stored = mx.load(str(out / PEFT_WEIGHTS))
     assert {v.dtype for v in stored.values()} == {mx.float16}
     again = CliRunner().invoke(export_command, args)

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from mlx_plamo3.errors import InputError
+
 PAD_SEGMENT = -1
 
 
@@ -67,7 +69,7 @@ def encode_rows(rows: Sequence[dict[str, Any]], tokenizer: Any, max_length: int)
             continue
         example = Example(row_index, tuple(int(i) for i in ids), tuple(bool(m) for m in mask))
         if example.n_supervised == 0:
-            raise ValueError(f"train row {row_index + 1}: no assistant tokens to supervise")
+            raise InputError(f"train row {row_index + 1}: no assistant tokens to supervise")
         examples.append(example)
     return Encoded(examples, dropped, max_length)
 
@@ -86,7 +88,7 @@ def plan_steps(
     """Example indices of every optimizer step of the run. An epoch's last step may be smaller
     (it is still taken, averaged over its own examples; the seed's loop dropped it)."""
     if n_examples < 1:
-        raise ValueError("no training examples left (all rows dropped or the file is empty)")
+        raise InputError("no training examples left (all rows dropped or the file is empty)")
     steps = []
     for epoch in range(epochs):
         order = epoch_order(n_examples, seed, epoch, shuffle)

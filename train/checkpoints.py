@@ -19,6 +19,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
+from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_directory, atomic_save_safetensors, atomic_write_json
 from mlx_plamo3.lora import ADAPTER_WEIGHTS, LoraConfig, lora_parameters, save_adapter
 from mlx_plamo3.model import Model
@@ -30,7 +31,7 @@ EVAL_FILE = "eval.json"
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(PlamoError, RuntimeError):
     """A checkpoint is missing, incomplete or does not fit this run."""
 
 
@@ -71,7 +72,7 @@ def save_checkpoint(
 ) -> Path:
     """Write one checkpoint atomically (replacing one of the same step); returns its path."""
     path = checkpoint_path(adapter_dir, step)
-    with atomic_directory(path, force=True) as staging:
+    with atomic_directory(path, "mlx-plamo train", force=True) as staging:
         save_adapter(model, staging, lora_config, adapter_metadata)
         atomic_save_safetensors(
             staging / OPTIMIZER_FILE, dict(tree_flatten(optimizer.state)), {"format": "mlx"}

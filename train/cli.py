@@ -16,6 +16,7 @@ import click
 import yaml
 from click.core import ParameterSource
 
+from mlx_plamo3.errors import USER_ERRORS
 from train.config import ConfigError, TrainConfig, base_type, coerce, load_yaml_config, merge_config
 
 # Short spellings besides the generated `--<field-name>`.
@@ -126,8 +127,7 @@ def train_command(
     pass size, packing and gradient checkpointing that fit the budget (--memory-limit, else
     what MLX may use on this device); settings you give win. --plan shows the plan only.
     """
-    from data import LeakageError
-    from train.trainer import TrainError, memory_plan, train
+    from train.trainer import memory_plan, train
 
     try:
         config = build_config(ctx, config_file, params)
@@ -141,14 +141,14 @@ def train_command(
     if plan_only:
         try:
             plan = memory_plan(config, log=(lambda message: None) if as_json else click.echo)
-        except (TrainError, LeakageError, FileNotFoundError, ValueError) as exc:
+        except USER_ERRORS as exc:
             raise click.ClickException(str(exc)) from None
         if as_json:
             click.echo(json.dumps(plan.to_dict(), indent=2))
         return
     try:
         result = train(config)
-    except (TrainError, LeakageError, FileNotFoundError, ValueError) as exc:
+    except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"done: {result.steps}/{result.total_steps} steps, adapter in {result.adapter_dir}"

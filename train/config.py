@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.lora import ALL_LINEAR, AdapterError, LoraConfig
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -30,7 +31,7 @@ DEFAULT_EXPERIMENT = "plamo3-tool-calling"
 SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|credentials?|api_?key)(_|$)", re.I)
 
 
-class ConfigError(ValueError):
+class ConfigError(PlamoError, ValueError):
     """A training setting is unknown, mistyped or out of range."""
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.lora import LoraConfig
 from mlx_plamo3.memory import (
     DTYPE_BYTES,
@@ -63,7 +64,7 @@ PLAN_SHARE = 0.90
 PASS_TOKEN_CHOICES = (16384, 8192, 6144, 4096, 3072, 2048, 1536, 1024)
 
 
-class MemoryPlanError(RuntimeError):
+class MemoryPlanError(PlamoError, RuntimeError):
     """Even the smallest step cannot fit the budget; the message says what to change."""
 
 

@@ -26,6 +26,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_map
 from tqdm import tqdm
 
+from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_write_json, file_sha256
 from mlx_plamo3.loading import CheckpointError, read_config
 from mlx_plamo3.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, save_adapter
@@ -77,7 +78,7 @@ RESUME_KEYS = (
 EVAL_METRICS = ("parse_rate", "func_name_acc", "args_exact_match", "false_call_rate")
 
 
-class TrainError(RuntimeError):
+class TrainError(PlamoError, RuntimeError):
     """The run cannot start or continue; the message says why and what to do."""
 
 
@@ -339,6 +340,8 @@ class Trainer:
             raise TrainError(str(exc)) from None
         self.train_file = self.data_dir / TRAIN_FILE
         self.train_rows = load_rows(self.train_file)
+        if not self.train_rows:
+            raise TrainError(f"{self.train_file} is empty: there is nothing to train on")
         eval_paths = eval_files(self.data_dir)
         eval_by_file = {path.name: load_rows(path) for path in eval_paths}
         # The leakage guard (trap 1), before anything is trained: every eval file counts.
@@ -359,6 +362,8 @@ class Trainer:
     def _setup_output(self) -> None:
         cfg = self.config
         self.adapter_dir = self._adapter_dir()
+        if self.adapter_dir.exists() and not self.adapter_dir.is_dir():
+            raise TrainError(f"--adapter-path {self.adapter_dir} is a file, not a directory")
         existing = latest_checkpoint(self.adapter_dir)
         final = self.adapter_dir / ADAPTER_WEIGHTS
         if cfg.overwrite:

@@ -1,0 +1,353 @@
+"""The bad-input and fault catalog (issue 16): each case as a user would meet it, through the
+command line, checking what the user sees and that nothing they did not ask to lose is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from convert.__main__ import convert_command
+from mlx_plamo3.cli import main as cli_main
+from mlx_plamo3.io import OUTPUT_MARKER
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lora_helpers import make_random_adapter
+
+
+def run(args: list[str]):
+    return CliRunner().invoke(cli_main, args)
+
+
+def convert(hf: Path, out: Path, *extra: str):
+    args = ["--hf-path", str(hf), "--mlx-path", str(out), "--dtype", "float32", *extra]
+    return CliRunner().invoke(convert_command, args)
+
+
+def no_traceback(result) -> None:
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+# ---- 1. never delete what the command did not write -------------------------------------------
+
+
+def test_convert_refuses_a_non_empty_directory_without_force(tiny_hf_dir, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    result = convert(tiny_hf_dir, out)
+    assert result.exit_code != 0 and "--force" in result.output
+    no_traceback(result)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_convert_with_force_refuses_a_directory_it_did_not_write(tiny_hf_dir, tmp_path):
+    parent = tmp_path / "models"
+    for sibling in ("model-a", "model-b"):
+        (parent / sibling).mkdir(parents=True)
+        (parent / sibling / "config.json").write_text("{}")
+    result = convert(tiny_hf_dir, parent, "--force")
+    assert result.exit_code != 0
+    assert "model-a/" in result.output and "was not written by" in result.output
+    no_traceback(result)
+    assert sorted(p.name for p in parent.iterdir()) == ["model-a", "model-b"]
+
+
+def test_convert_with_force_replaces_its_own_output_but_not_added_files(tiny_hf_dir, tmp_path):
+    out = tmp_path / "model"
+    assert convert(tiny_hf_dir, out).exit_code == 0
+    assert json.loads((out / OUTPUT_MARKER).read_text())["written_by"] == "python -m convert"
+    result = convert(tiny_hf_dir, out, "--force")
+    assert result.exit_code == 0, result.output
+    (out / "notes.txt").write_text("keep me")
+    result = convert(tiny_hf_dir, out, "--force")
+    assert result.exit_code != 0 and "notes.txt" in result.output
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "config.json").is_file()
+
+
+def test_convert_with_force_refuses_another_commands_output(tiny_hf_dir, tmp_path):
+    out = tmp_path / "hf-copy"
+    assert run(["tiny", str(out)]).exit_code == 0
+    result = convert(tiny_hf_dir, out, "--force")
+    assert result.exit_code != 0 and "written by mlx-plamo tiny" in result.output
+    assert (out / "config.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_hf_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    make_random_adapter(tiny_hf_dir, out)
+    return out
+
+
+@pytest.mark.parametrize("where", ["same", "parent"])
+def test_export_refuses_to_write_over_the_adapter_it_exports(adapter_dir, where):
+    before = {p.name: p.read_bytes() for p in adapter_dir.iterdir()}
+    out = adapter_dir if where == "same" else adapter_dir.parent
+    result = run(["export", "--adapter", str(adapter_dir), "--out", str(out), "--force"])
+    assert result.exit_code != 0 and "--adapter" in result.output
+    no_traceback(result)
+    assert {p.name: p.read_bytes() for p in adapter_dir.iterdir()} == before
+
+
+def test_export_force_replaces_an_earlier_export(adapter_dir, tmp_path):
+    out = tmp_path / "peft"
+    assert run(["export", "--adapter", str(adapter_dir), "--out", str(out)]).exit_code == 0
+    result = run(["export", "--adapter", str(adapter_dir), "--out", str(out)])
+    assert result.exit_code != 0 and "--force" in result.output
+    result = run(["export", "--adapter", str(adapter_dir), "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert OUTPUT_MARKER not in result.output  # the listing shows the export's own files
+
+
+def test_eval_refuses_to_overwrite_records_without_force(tiny_mlx_dir, tmp_path):
+    out = tmp_path / "base.json"
+    out.write_text('{"summary": {}, "rows": []}')
+    args = ["eval", "--condition", "base", "--model", str(tiny_mlx_dir), "--out", str(out)]
+    result = run(args)
+    assert result.exit_code != 0 and "--force" in result.output
+    no_traceback(result)
+    assert out.read_text() == '{"summary": {}, "rows": []}'
+
+
+def test_stale_staging_directories_are_removed_and_reported(tmp_path):
+    out = tmp_path / "hf"
+    stale = [tmp_path / f".hf.{dead_pid()}.x1.staging", tmp_path / ".hf.legacy.staging"]
+    live = tmp_path / f".hf.{os.getpid()}.x2.staging"
+    for directory in (*stale, live):
+        directory.mkdir()
+        (directory / "model.safetensors").write_bytes(b"\0" * 16)
+    command = [sys.executable, "-m", "mlx_plamo3.cli", "tiny", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert not any(d.exists() for d in stale)
+    assert live.is_dir()  # a running writer's staging directory is left alone
+    lines = [line for line in result.stderr.splitlines() if "interrupted" in line]
+    assert len(lines) == 2 and all(".staging" in line for line in lines)
+
+
+# ---- 2. one clear line, never a traceback ------------------------------------------------------
+
+
+def one_line_error(result, *needles: str) -> None:
+    """Failed with one message line (click's 'Error: ...') holding every needle."""
+    assert result.exit_code != 0
+    no_traceback(result)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert errors, result.output
+    for needle in needles:
+        assert needle in result.output, (needle, result.output)
+
+
+def broken_adapter(adapter_dir: Path, tmp_path: Path, damage: str) -> Path:
+    """A copy of the adapter with its weights or config damaged."""
+    import shutil
+
+    copy = tmp_path / f"adapter-{damage}"
+    shutil.copytree(adapter_dir, copy)
+    weights, config = copy / "adapters.safetensors", copy / "adapter_config.json"
+    if damage == "missing":
+        weights.unlink()
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "garbage":
+        weights.write_bytes(b"not a safetensors file at all")
+    elif damage == "config":
+        config.write_text('{"format": "mlx-plamo3-lora", "r": ')
+    elif damage == "config-keys":
+        config.write_text('{"format": "mlx-plamo3-lora", "r": 4}')
+    return copy
+
+
+DAMAGES = ["missing", "empty", "truncated", "garbage", "config", "config-keys"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_adapter_is_one_line_naming_the_file(adapter_dir, tiny_mlx_dir, tmp_path, damage):
+    bad = broken_adapter(adapter_dir, tmp_path, damage)
+    name = "adapter_config.json" if damage.startswith("config") else "adapters.safetensors"
+    model = ["--model", str(tiny_mlx_dir)]
+    data = ["--data", str(toy_dataset(tmp_path / "data"))]
+    commands = {
+        "eval": ["eval", "--condition", "lora", "--adapter", str(bad), *model, *data],
+        "generate": ["generate", "--adapter", str(bad), "--prompt", "hi", *model],
+        "export": ["export", "--adapter", str(bad), "--out", str(tmp_path / "out")],
+    }
+    for command, args in commands.items():
+        result = run(args)
+        one_line_error(result, name)
+        assert str(bad) in result.output.replace("\n", ""), command
+
+
+def test_convert_of_a_hub_id_offline_is_one_line(tmp_path):
+    result = convert("pfnet/plamo-3-nict-2b-base", tmp_path / "out")  # HF_HUB_OFFLINE=1 here
+    one_line_error(result, "pfnet/plamo-3-nict-2b-base", "local checkpoint directory")
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_refuses_a_source_without_the_vocabulary(tiny_hf_dir, tmp_path):
+    import shutil
+
+    source = tmp_path / "hf"
+    shutil.copytree(tiny_hf_dir, source)
+    (source / "tokenizer.jsonl").unlink()
+    one_line_error(convert(source, tmp_path / "out"), "tokenizer.jsonl")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_index_file_that_is_not_json_is_named(tiny_mlx_dir, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_mlx_dir, model)
+    (model / "model.safetensors.index.json").write_text("{not json")
+    result = run(["generate", "--model", str(model), "--prompt", "hi"])
+    one_line_error(result, "model.safetensors.index.json")
+
+
+@pytest.mark.parametrize(
+    "messages",
+    ['{"role": "user", "content": "hi"}', "[]", '[{"role": "user"}]', '[["user", "hi"]]', "{"],
+)
+def test_generate_messages_of_the_wrong_structure(tiny_mlx_dir, tmp_path, messages):
+    path = tmp_path / "chat.json"
+    path.write_text(messages)
+    result = run(["generate", "--model", str(tiny_mlx_dir), "--messages", str(path)])
+    one_line_error(result, str(path))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["eval", "--batch-size", "0"],
+        ["eval", "--limit", "0"],
+        ["eval", "--max-new-tokens", "0"],
+        ["eval", "--memory-limit", "-1"],
+        ["generate", "--prompt", "hi", "--max-new-tokens", "0"],
+        ["generate", "--prompt", "hi", "--temperature", "-0.5"],
+        ["generate", "--prompt", "hi", "--top-p", "0"],
+        ["generate", "--prompt", "hi", "--top-p", "1.5"],
+    ],
+)
+def test_non_positive_counts_and_bad_sampling_settings_are_refused(tiny_mlx_dir, args):
+    result = run([*args, "--model", str(tiny_mlx_dir)])
+    assert result.exit_code == 2 and "Invalid value" in result.output, result.output
+    no_traceback(result)
+
+
+def toy_dataset(directory: Path, train_rows: int = 4) -> Path:
+    def row(question: str, city: str) -> dict:
+        answer = json.dumps({"name": "get_time", "arguments": {"city": city}})
+        messages = [
+            {"role": "system", "content": 'Tools:\n{"name": "get_time"}'},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+        ]
+        return {"messages": messages, "kind": "call", "gold": answer}
+
+    directory.mkdir(parents=True)
+    train = [row(f"Time in city {i}?", f"city {i}") for i in range(train_rows)]
+    (directory / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (directory / "eval.jsonl").write_text(json.dumps(row("Time in Accra?", "Accra")) + "\n")
+    return directory
+
+
+def test_train_with_the_adapter_path_on_a_file(tiny_mlx_dir, tmp_path):
+    data = toy_dataset(tmp_path / "data")
+    target = tmp_path / "adapter.txt"
+    target.write_text("mine")
+    args = ["train", "--model", str(tiny_mlx_dir), "--data", str(data)]
+    result = run([*args, "--adapter-path", str(target), "--dtype", "float32"])
+    one_line_error(result, "is a file")
+    assert target.read_text() == "mine"
+
+
+def test_data_build_on_a_garbage_parquet_names_the_file(tmp_path):
+    source = tmp_path / "rows.parquet"
+    source.write_bytes(b"garbage garbage garbage")
+    result = run(
+        ["data", "build", "--recipe", "v2", "--source", str(source), "--out", str(tmp_path / "d")]
+    )
+    one_line_error(result, str(source), "parquet")
+
+
+# ---- 3. bad data is an error, not an empty success --------------------------------------------
+
+
+@pytest.mark.parametrize("content", ["", "not json\n{also not\n", '{"foo": 1}\n{"bar": 2}\n'])
+def test_data_build_fails_when_a_source_gives_no_usable_rows(tmp_path, content):
+    source = tmp_path / "rows.jsonl"
+    source.write_text(content)
+    out = tmp_path / "d"
+    result = run(
+        ["data", "build", "--recipe", "v2", "--source", str(source), "--out", str(out), "--quiet"]
+    )
+    audit = tmp_path / "d.audit.json"
+    one_line_error(result, str(source), str(audit))
+    assert not out.exists()
+    sources = json.loads(audit.read_text())["sources"]
+    assert sources[0]["usable"] == 0 and sources[0]["spec"] == str(source)
+
+
+def test_train_on_an_empty_training_set_says_it_is_empty(tiny_mlx_dir, tmp_path):
+    data = toy_dataset(tmp_path / "data", train_rows=0)
+    result = run(["train", "--model", str(tiny_mlx_dir), "--data", str(data)])
+    one_line_error(result, "train.jsonl is empty")
+
+
+# ---- 6. small usability gaps -------------------------------------------------------------------
+
+
+def test_bare_command_prints_help_and_succeeds():
+    result = run([])
+    assert result.exit_code == 0 and "Commands" in result.output and "train" in result.output
+
+
+# ---- 5. tokenizer and generation fidelity edges ------------------------------------------------
+
+
+def test_added_tokens_are_cut_out_whole():
+    from test_tokenizer import make_tokenizer
+
+    # "abc" is in the vocabulary but scores so low that the segmenter spells it a-b-c.
+    pieces = {"abc": -100.0, "a": -1.0, "b": -1.0, "c": -1.0}
+    plain = make_tokenizer(pieces)
+    abc = plain.convert_tokens_to_ids("abc")
+    assert abc not in plain.encode("x abc y", add_special_tokens=False)
+    added = {str(abc): {"content": "abc", "special": False}}
+    tokenizer = make_tokenizer(pieces, {"added_tokens_decoder": added})
+    ids = tokenizer.encode("x abc y abc", add_special_tokens=False)
+    assert ids.count(abc) == 2 and tokenizer.decode(ids) == "x abc y abc"
+    # Not a special token: decoding with skip_special_tokens keeps it.
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "x abc y abc"
+
+
+def test_generation_stops_on_the_eos_ids_of_generation_config(tiny_mlx_dir, tmp_path):
+    import shutil
+
+    from mlx_plamo3.generate import stop_token_ids
+    from mlx_plamo3.tokenizer import Plamo3Tokenizer
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_mlx_dir, model)
+    base = stop_token_ids(Plamo3Tokenizer.from_pretrained(model))
+    (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 77, 91]}))
+    assert stop_token_ids(Plamo3Tokenizer.from_pretrained(model)) == base | {2, 77, 91}
+    (model / "generation_config.json").write_text(json.dumps({"eos_token_id": "two"}))
+    result = run(["generate", "--model", str(model), "--prompt", "hi"])
+    one_line_error(result, "generation_config.json")
