@@ -351,3 +351,17 @@ def test_generation_stops_on_the_eos_ids_of_generation_config(tiny_mlx_dir, tmp_
     (model / "generation_config.json").write_text(json.dumps({"eos_token_id": "two"}))
     result = run(["generate", "--model", str(model), "--prompt", "hi"])
     one_line_error(result, "generation_config.json")
+
+
+def test_print_config_shows_the_paths_a_run_would_use(tmp_path):
+    # conftest points MLX_PLAMO_HOME at tmp_path / "artifacts".
+    home = tmp_path / "artifacts"
+    result = run(["train", "--data", "v2", "--print-config"])
+    assert result.exit_code == 0, result.output
+    printed = __import__("yaml").safe_load(result.output)
+    assert printed["model"] == str(home / "models" / "plamo-3-nict-2b-base")
+    assert printed["adapter_path"] == str(home / "adapters" / "plamo3-v2-r16")
+    assert printed["data"] == "v2"  # not built yet: the name stays
+    built = toy_dataset(home / "data" / "v2")
+    printed = __import__("yaml").safe_load(run(["train", "--print-config"]).output)
+    assert printed["data"] == str(built) and printed["run_name"] == "plamo3-v2-r16"

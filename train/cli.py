@@ -134,7 +134,8 @@ def train_command(
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None
     if print_config:
-        click.echo(yaml.safe_dump(asdict(config), sort_keys=False), nl=False)
+        resolved = asdict(config.with_resolved_paths())
+        click.echo(yaml.safe_dump(resolved, sort_keys=False), nl=False)
         return
     if as_json and not plan_only:
         raise click.UsageError("--json goes with --plan")

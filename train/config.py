@@ -11,14 +11,16 @@ from __future__ import annotations
 import difflib
 import re
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from data import resolve_dataset
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.lora import ALL_LINEAR, AdapterError, LoraConfig
+from mlx_plamo3.paths import artifact_dir
 
 DTYPES = ("bfloat16", "float16", "float32")
 # Settings that change how a step is computed, never its result; the memory plan fills in those
@@ -162,6 +164,28 @@ class TrainConfig:
 
     def default_run_name(self) -> str:
         return self.run_name or f"plamo3-{Path(self.data).name}-r{self.lora_r}"
+
+    def model_dir(self) -> Path:
+        """--model, else the converted base under the artifacts root."""
+        return Path(self.model or artifact_dir("models", DEFAULT_MODEL_NAME))
+
+    def adapter_dir(self) -> Path:
+        """--adapter-path, else artifacts/adapters/<run name>."""
+        return Path(self.adapter_path or artifact_dir("adapters", self.default_run_name()))
+
+    def with_resolved_paths(self) -> TrainConfig:
+        """A copy naming the directories a run would use (the dataset once it is built)."""
+        try:
+            data = str(resolve_dataset(self.data))
+        except FileNotFoundError:
+            data = self.data
+        return replace(
+            self,
+            data=data,
+            model=str(self.model_dir()),
+            adapter_path=str(self.adapter_dir()),
+            run_name=self.default_run_name(),
+        )
 
     def given_batching(self) -> dict[str, Any]:
         """The batching settings given explicitly (the memory plan chooses the others)."""

@@ -32,7 +32,7 @@ from mlx_plamo3.loading import CheckpointError, read_config
 from mlx_plamo3.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, save_adapter
 from mlx_plamo3.memory import MX_DTYPES, budget
 from mlx_plamo3.model import ModelArgs
-from mlx_plamo3.paths import artifact_dir, mlflow_uri
+from mlx_plamo3.paths import mlflow_uri
 from train.batches import Encoded, encode_rows, micro_batches, plan_steps
 from train.checkpoints import (
     CHECKPOINTS,
@@ -43,7 +43,7 @@ from train.checkpoints import (
     read_trainer_state,
     save_checkpoint,
 )
-from train.config import DEFAULT_MODEL_NAME, TrainConfig, tracking_params
+from train.config import TrainConfig, tracking_params
 from train.layers import (
     ForwardKeys,
     pass_key,
@@ -312,7 +312,7 @@ class Trainer:
 
     def _setup_planner(self) -> None:
         cfg = self.config
-        self.model_dir = Path(cfg.model or artifact_dir("models", DEFAULT_MODEL_NAME))
+        self.model_dir = cfg.model_dir()
         if not self.model_dir.is_dir():
             raise TrainError(
                 f"no model at {self.model_dir}; convert one with `python -m convert --hf-path "
@@ -357,7 +357,7 @@ class Trainer:
 
     def _adapter_dir(self) -> Path:
         self.run_name = self.config.default_run_name()
-        return Path(self.config.adapter_path or artifact_dir("adapters", self.run_name))
+        return self.config.adapter_dir()
 
     def _setup_output(self) -> None:
         cfg = self.config
