@@ -11,7 +11,7 @@ import click
 from adapters.fuse import FUSE_WRITER
 from adapters.peft import DEFAULT_BASE_MODEL, EXPORT_DTYPES, EXPORT_WRITER
 from mlx_plamo3.errors import USER_ERRORS
-from mlx_plamo3.io import OUTPUT_MARKER
+from mlx_plamo3.io import OUTPUT_MARKER, OutputDirectoryError, check_replaceable
 
 DEFAULT_BASE_DIR_NAME = "plamo-3-nict-2b-base"
 RESULT_CONDITIONS = ("base", "base-fewshot", "lora")
@@ -44,8 +44,6 @@ def directory_listing(path: Path) -> list[str]:
 def ensure_free(path: Path, force: bool, option: str, writer: str, keep: dict[str, Path]) -> None:
     """Refuse an output that may not be written: one that is, or holds, a directory this
     command reads (`keep`, by option), or one `check_replaceable` refuses."""
-    from mlx_plamo3.io import OutputDirectoryError, check_replaceable
-
     target = path.resolve()
     for name, kept in keep.items():
         kept = kept.resolve()

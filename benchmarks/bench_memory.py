@@ -39,6 +39,7 @@ from benchmarks.common import (
     emit_result,
     gib,
     lora_param_count,
+    lora_training,
     mlx_device,
     own_peak_rss_bytes,
     param_count,
@@ -102,15 +103,12 @@ def synthetic_example(seq_len: int, supervised: int, vocab: int, seed: int = 0):
 def worker(args: argparse.Namespace) -> None:
     """One case, in this process; prints its measurements as a BENCH_RESULT line."""
     import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_map
+    from mlx.utils import tree_flatten
 
-    from mlx_plamo3.lora import LoraConfig, apply_lora
     from mlx_plamo3.model import ModelArgs
     from train.batches import micro_batches, pass_shapes
     from train.config import TrainConfig
-    from train.layers import pass_key, prepare_for_training
     from train.memory import Planner
-    from train.trainer import make_optimizer, step_functions
 
     config = real_config(args.layers, args.shape)
     cfg = TrainConfig(
@@ -121,16 +119,8 @@ def worker(args: argparse.Namespace) -> None:
     build_seconds = time.perf_counter() - started
     weights_bytes = int(mx.get_active_memory())
 
-    mx.random.seed(cfg.seed)
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
-    apply_lora(model, lora)
-    keys = prepare_for_training(model, cfg.lora_dropout)
-    model.train()
-    optimizer = make_optimizer(cfg, args.steps)
-    optimizer.init(model.trainable_parameters())
+    training = lora_training(model, cfg, args.steps)
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-
-    loss_and_grad, apply_update = step_functions(model, optimizer, keys, cfg)
 
     example = synthetic_example(args.seq_len, args.supervised, config["vocab_size"])
     layout = {
@@ -141,7 +131,11 @@ def worker(args: argparse.Namespace) -> None:
     batches = micro_batches([example], **layout)
     quantization = {"group_size": Q_GROUP, "bits": Q_BITS} if args.worker == "4bit" else None
     planner = Planner(
-        ModelArgs.from_dict({**config, "quantization": quantization}), "bfloat16", lora, 0, ""
+        ModelArgs.from_dict({**config, "quantization": quantization}),
+        "bfloat16",
+        cfg.lora_config(),
+        0,
+        "",
     )
     predicted = planner.peak_bytes(pass_shapes([example], **layout), cfg.grad_checkpoint)
     mx.clear_cache()  # give building's freed buffers back, so RSS shows the steps
@@ -150,14 +144,7 @@ def worker(args: argparse.Namespace) -> None:
     step_seconds, losses = [], []
     for step in range(args.steps):
         start = time.perf_counter()
-        grads = None
-        for index, batch in enumerate(batches):
-            arrays = [mx.array(a) for a in batch.arrays()]
-            loss, pass_grads = loss_and_grad(*arrays, pass_key(cfg.seed, step, index))
-            grads = pass_grads if grads is None else tree_map(mx.add, grads, pass_grads)
-            mx.eval(loss, grads)
-        apply_update(grads)
-        mx.eval(model.trainable_parameters(), optimizer.state)
+        loss = training.step(batches, cfg.seed, step)
         step_seconds.append(time.perf_counter() - start)
         losses.append(float(loss.item()))
         print(f"step {step + 1}: {step_seconds[-1]:.1f} s, loss {losses[-1]:.3f}", flush=True)

@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
 from benchmarks.common import (
     add_common_args,
     emit_result,
+    lora_training,
     parse_result_line,
     print_table,
     python_command,
@@ -84,16 +85,12 @@ def measure_step(
 
     import mlx.core as mx
     import numpy as np
-    from mlx.utils import tree_map
 
     from benchmarks.bench_memory import build_model
-    from mlx_plamo3.lora import apply_lora
     from mlx_plamo3.model import ModelArgs
     from train.batches import Example, micro_batches, pass_shapes
     from train.config import TrainConfig
-    from train.layers import pass_key, prepare_for_training
     from train.memory import Planner
-    from train.trainer import make_optimizer, step_functions
 
     cfg = TrainConfig(grad_checkpoint=grad_checkpoint, max_batch_tokens=max_batch_tokens)
     rng = np.random.default_rng(0)
@@ -108,26 +105,12 @@ def measure_step(
     before = mx.get_active_memory()
     mx.reset_peak_memory()
     model = build_model(config, "4bit" if quantization else "bf16", quantization=quantization)
-    mx.random.seed(cfg.seed)
-    lora = cfg.lora_config()
-    apply_lora(model, lora)
-    keys = prepare_for_training(model, cfg.lora_dropout)
-    model.train()
-    optimizer = make_optimizer(cfg, 2)
-    optimizer.init(model.trainable_parameters())
-    loss_and_grad, apply_update = step_functions(model, optimizer, keys, cfg)
+    training = lora_training(model, cfg, 2)
     for step in range(2):
-        grads = None
-        for index, batch in enumerate(micro_batches(examples, **layout)):
-            arrays = [mx.array(a) for a in batch.arrays()]
-            loss, pass_grads = loss_and_grad(*arrays, pass_key(cfg.seed, step, index))
-            grads = pass_grads if grads is None else tree_map(mx.add, grads, pass_grads)
-            mx.eval(loss, grads)
-        apply_update(grads)
-        mx.eval(model.trainable_parameters(), optimizer.state)
+        training.step(micro_batches(examples, **layout), cfg.seed, step)
     measured = mx.get_peak_memory() - before
     args = ModelArgs.from_dict({**config, "quantization": quantization})
-    planner = Planner(args, "bfloat16", lora, 0, "")
+    planner = Planner(args, "bfloat16", cfg.lora_config(), 0, "")
     predicted = planner.peak_bytes(pass_shapes(examples, **layout), cfg.grad_checkpoint)
     return int(measured), int(predicted)
 

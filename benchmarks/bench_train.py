@@ -529,10 +529,8 @@ def depth_fits(
         if len(per_depth) < 2 or any("error" in r for r in per_depth.values()):
             continue
         seconds = {d: r["timed"]["seconds_per_step"] for d, r in per_depth.items()}
-        tokens_per_step = (
-            next(iter(per_depth.values()))["timed"]["tokens"]
-            / (next(iter(per_depth.values()))["timed"]["steps"])
-        )
+        timed = next(iter(per_depth.values()))["timed"]  # the same steps at every depth
+        tokens_per_step = timed["tokens"] / timed["steps"]
         fixed, per_layer = fit_over_depth(seconds)
         predicted = fixed + per_layer * target
         fits[name] = {

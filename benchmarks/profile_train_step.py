@@ -40,6 +40,7 @@ from benchmarks.common import (
     add_common_args,
     add_shape_arg,
     blas_note,
+    lora_training,
     median,
     mlx_device,
     print_table,
@@ -53,17 +54,15 @@ NAME = "profile_train_step"
 def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import mlx.core as mx
     import mlx.nn as nn
-    from mlx.utils import tree_map
 
     from benchmarks.bench_train import prepare_data, prepare_model
     from mlx_plamo3.loading import load_model
-    from mlx_plamo3.lora import LoRALinear, apply_lora, lora_branch
+    from mlx_plamo3.lora import LoRALinear, lora_branch
     from mlx_plamo3.model import KeyMeta
     from train.batches import Example, micro_batches
     from train.config import TrainConfig
-    from train.layers import pass_key, prepare_for_training
+    from train.layers import pass_key
     from train.loss import scored_loss
-    from train.trainer import make_optimizer, step_functions
 
     model_dir = prepare_model(work, args.layers, args.shape)
     examples = [
@@ -78,14 +77,8 @@ def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         grad_checkpoint=False,
     )
     model = load_model(model_dir, dtype=mx.float32)
-    mx.random.seed(cfg.seed)
-    lora = cfg.lora_config()
-    apply_lora(model, lora)
-    keys = prepare_for_training(model, cfg.lora_dropout)
-    model.train()
-    optimizer = make_optimizer(cfg, 2)
-    optimizer.init(model.trainable_parameters())
-    loss_and_grad, apply_update = step_functions(model, optimizer, keys, cfg)
+    training = lora_training(model, cfg, 2)
+    keys, lora = training.keys, cfg.lora_config()
     per_step = args.examples_per_step
     steps = [examples[:per_step], examples[per_step : 2 * per_step]]
     layout = {
@@ -96,14 +89,7 @@ def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
     def run_step(index: int) -> None:
-        grads = None
-        for pass_index, batch in enumerate(micro_batches(steps[index], **layout)):
-            arrays = [mx.array(a) for a in batch.arrays()]
-            loss, pass_grads = loss_and_grad(*arrays, pass_key(cfg.seed, index, pass_index))
-            grads = pass_grads if grads is None else tree_map(mx.add, grads, pass_grads)
-            mx.eval(loss, grads)
-        apply_update(grads)
-        mx.eval(model.trainable_parameters(), optimizer.state)
+        training.step(micro_batches(steps[index], **layout), cfg.seed, index)
 
     run_step(0)
     step_seconds = median(time_calls(lambda: run_step(1), args.repeats, warmup=1))

@@ -17,7 +17,7 @@ COMMANDS: dict[str, str] = {
     "eval": "eval.cli:eval_command",
     "score": "eval.cli:score_command",
     "export": "adapters.cli:export_command",
-    "check-torch": "eval.torch_check:check_torch_command",
+    "check-torch": "adapters.torch_check:check_torch_command",
     "report": "eval.report:report_command",
 }
 

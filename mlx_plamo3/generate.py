@@ -18,6 +18,7 @@ import click
 import mlx.core as mx
 
 from mlx_plamo3.errors import USER_ERRORS, InputError, PlamoError
+from mlx_plamo3.io import FileFormatError, read_json
 from mlx_plamo3.model import Model, Plamo3Cache
 
 
@@ -277,9 +278,9 @@ def generate_command(
 def read_messages(path: Path) -> list[dict[str, str]]:
     """The chat in a --messages file: a JSON list of {"role", "content"} strings."""
     try:
-        chat = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"{path} is not valid JSON: {exc}") from None
+        chat = read_json(path)
+    except FileFormatError as exc:
+        raise click.ClickException(str(exc)) from None
     if not isinstance(chat, list) or not chat:
         raise click.ClickException(f'{path}: expected a non-empty list of {{"role", "content"}}')
     for index, message in enumerate(chat):

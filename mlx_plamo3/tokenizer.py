@@ -62,6 +62,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mlx_plamo3.errors import InputError, PlamoError
+from mlx_plamo3.io import read_json
 
 VOCAB_FILE = "tokenizer.jsonl"
 CONFIG_FILE = "tokenizer_config.json"
@@ -284,13 +285,13 @@ def generation_eos_ids(path: Path) -> frozenset[int]:
     """The eos ids a checkpoint's generation_config.json names (an int or a list), if any."""
     if not path.is_file():
         return frozenset()
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise TokenizerFileError(f"{path}: not a JSON object ({exc})") from None
-    values = value if isinstance(value, list) else [value]
+    document = read_json(path)
+    if not isinstance(document, dict):
+        raise TokenizerFileError(f"{path}: expected a JSON object")
+    value = document.get("eos_token_id")
     if value is None:
         return frozenset()
+    values = value if isinstance(value, list) else [value]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         raise TokenizerFileError(f"{path}: eos_token_id must be an integer or a list of them")
     return frozenset(values)

@@ -12,11 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from adapters.peft import PEFT_CONFIG, export_peft
-from convert.tiny import write_tiny_checkpoint
-from data.build import BuildConfig, build_dataset
-from eval.harness import run_eval
-from eval.records import write_records
-from eval.torch_check import (
+from adapters.torch_check import (
     CheckError,
     check_torch_command,
     decoding_of,
@@ -25,6 +21,10 @@ from eval.torch_check import (
     match_eval_rows,
     strip_stop,
 )
+from convert.tiny import write_tiny_checkpoint
+from data.build import BuildConfig, build_dataset
+from eval.harness import run_eval
+from eval.records import write_records
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -239,7 +239,7 @@ def test_hf_generate_path_matches_the_reference_greedy_loop(setup, tiny_hf_dir):
     # decoders must give the same tokens, stop token included.
     from peft import PeftModel
 
-    from eval.torch_check import greedy_tokens
+    from adapters.torch_check import greedy_tokens
     from mlx_plamo3.torch_reference import load_reference
 
     model = PeftModel.from_pretrained(load_reference(tiny_hf_dir), str(setup["peft"])).eval()
@@ -279,7 +279,7 @@ def test_records_with_token_ids_are_compared_by_ids(setup, tiny_hf_dir, tmp_path
 
 
 def test_tokens_consistent_with_the_mlx_text():
-    from eval.torch_check import consistent_tokens
+    from adapters.torch_check import consistent_tokens
 
     texts = ["", "a", "ab", "abc", "b", "\ufffd", "x"]
     byte_ids = {ord("a"): 1, 0xC3: 5}

@@ -33,7 +33,7 @@ from mlx_plamo3.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, save_ad
 from mlx_plamo3.memory import MX_DTYPES, budget
 from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.paths import mlflow_uri
-from train.batches import Encoded, encode_rows, micro_batches, plan_steps
+from train.batches import Encoded, MicroBatch, encode_rows, micro_batches, plan_steps
 from train.checkpoints import (
     CHECKPOINTS,
     checkpoint_path,
@@ -235,6 +235,24 @@ def eval_subset(rows: Sequence[dict[str, Any]], limit: int | None) -> list[dict[
         n_call = min(max(n_call, 1), limit - 1)
     chosen = {id(r) for r in calls[:n_call] + others[: limit - n_call]}
     return [r for r in rows if id(r) in chosen]
+
+
+def accumulate_passes(
+    loss_and_grad: Callable[..., Any], batches: Sequence[MicroBatch], seed: int, step_index: int
+) -> tuple[mx.array, dict[str, Any]]:
+    """(step loss, step gradients): the sums over a step's forward passes, each pass evaluated
+    before the next so the graph never spans two passes."""
+    loss, grads = None, None
+    for pass_index, batch in enumerate(batches):
+        arrays = [mx.array(a) for a in batch.arrays()]
+        pass_loss, pass_grads = loss_and_grad(*arrays, pass_key(seed, step_index, pass_index))
+        if grads is None:
+            loss, grads = pass_loss, pass_grads
+        else:
+            loss = loss + pass_loss
+            grads = tree_map(mx.add, grads, pass_grads)
+        mx.eval(loss, grads)
+    return loss, grads
 
 
 def global_norm(grads: dict[str, Any]) -> mx.array:
@@ -538,17 +556,7 @@ class Trainer:
             pad_id=self.pad_id,
         )
         started = time.perf_counter()
-        loss, grads = None, None
-        for pass_index, batch in enumerate(batches):
-            arrays = [mx.array(a) for a in batch.arrays()]
-            key = pass_key(cfg.seed, step_index, pass_index)
-            pass_loss, pass_grads = self.loss_and_grad(*arrays, key)
-            if grads is None:
-                loss, grads = pass_loss, pass_grads
-            else:
-                loss = loss + pass_loss
-                grads = tree_map(mx.add, grads, pass_grads)
-            mx.eval(loss, grads)  # bound the graph to one pass
+        loss, grads = accumulate_passes(self.loss_and_grad, batches, cfg.seed, step_index)
         norm = global_norm(grads)
         mx.eval(norm)
         loss_value, norm_value = float(loss.item()), float(norm.item())

@@ -20,10 +20,17 @@ from typing import Any
 
 import click
 
+from adapters.peft import check_peft_fits_base, check_peft_matches_mlx, read_peft_adapter
+from data import load_rows, resolve_dataset
 from eval.harness import cut_at_turn_end, prompt_messages, question_of
 from eval.records import Records, load_records
 from eval.scoring import MODES, RATE_KEYS, describe_rate, summarize
 from mlx_plamo3.errors import USER_ERRORS, PlamoError
+from mlx_plamo3.generate import stop_token_ids
+from mlx_plamo3.io import atomic_write_json
+from mlx_plamo3.loading import read_config, resolve_model_path
+from mlx_plamo3.model import ModelArgs
+from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
 DEVICES = ("cpu", "cuda", "mps")
 TORCH_DTYPES = ("float32", "bfloat16", "float16")
@@ -350,13 +357,6 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
     from peft import PeftModel
     from tqdm import tqdm
 
-    from adapters.peft import check_peft_fits_base, check_peft_matches_mlx, read_peft_adapter
-    from data import load_rows, resolve_dataset
-    from mlx_plamo3.generate import stop_token_ids
-    from mlx_plamo3.loading import read_config, resolve_model_path
-    from mlx_plamo3.model import ModelArgs
-    from mlx_plamo3.tokenizer import Plamo3Tokenizer
-
     check_device(setup.device)
     torch_dtype(setup.dtype)
     records = load_records(setup.results)
@@ -580,7 +580,6 @@ def check_torch_command(
     """Rerun the MLX eval in PyTorch with the PEFT adapter and compare, question by question.
 
     Exits 1 when fewer than --min-agreement questions produce identical outputs."""
-    from mlx_plamo3.io import atomic_write_json
 
     setup = CheckSetup(
         base=base,
