@@ -4,6 +4,7 @@ optionally the fused model, optionally uploaded to the Hub."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -12,6 +13,7 @@ from adapters.fuse import FUSE_WRITER
 from adapters.peft import DEFAULT_BASE_MODEL, EXPORT_DTYPES, EXPORT_WRITER
 from mlx_plamo3.errors import USER_ERRORS
 from mlx_plamo3.io import OUTPUT_MARKER, OutputDirectoryError, check_replaceable
+from mlx_plamo3.lora import warn_other_base
 
 DEFAULT_BASE_DIR_NAME = "plamo-3-nict-2b-base"
 RESULT_CONDITIONS = ("base", "base-fewshot", "lora")
@@ -123,6 +125,12 @@ def ensure_free(path: Path, force: bool, option: str, writer: str, keep: dict[st
     "`hf auth login`; checked before any work, never stored).",
 )
 @click.option("--private", is_flag=True, help="Create the Hub repo as private.")
+@click.option(
+    "--allow-other-base",
+    is_flag=True,
+    help="With --base: accept an adapter trained on another base of the same shape, with a "
+    "warning (refused by default: its base weights fingerprint differs).",
+)
 @click.option("--force", is_flag=True, help="Replace existing output directories.")
 def export_command(
     adapter_dir: Path,
@@ -137,6 +145,7 @@ def export_command(
     fused_dtype: str,
     repo_id: str | None,
     private: bool,
+    allow_other_base: bool,
     force: bool,
 ) -> None:
     """Export an MLX LoRA adapter to Hugging Face PEFT format.
@@ -172,7 +181,7 @@ def export_command(
 
     try:
         if base_dir is not None:  # refuse a mismatch before writing anything
-            check_fits_base(adapter_dir, base_dir)
+            check_fits_base(adapter_dir, base_dir, warn_other_base(allow_other_base))
         started = time.perf_counter()
         export_adapter(adapter_dir, out, dtype, base_model, base_revision, records, force, repo_id)
         seconds = time.perf_counter() - started
@@ -182,7 +191,10 @@ def export_command(
             from adapters.fuse import fuse_adapter
 
             started = time.perf_counter()
-            fuse_adapter(adapter_dir, base_dir, fused_out, fused_dtype, force=force)
+            # check_fits_base has refused, or warned about, another base already.
+            fuse_adapter(
+                adapter_dir, base_dir, fused_out, fused_dtype, force, on_other_base=print_nothing
+            )
             seconds = time.perf_counter() - started
             click.echo(f"fused into {base_dir} -> {fused_out} ({fused_dtype}) in {seconds:.2f} s")
             click.echo("\n".join(directory_listing(fused_out)))
@@ -225,11 +237,17 @@ def export_adapter(
     export_peft(adapter_dir, out, dtype, base_model, revision, records, force, repo_id)
 
 
-def check_fits_base(adapter_dir: Path, base_dir: Path) -> None:
-    """Refuse an adapter that does not fit `base_dir` (fingerprint, rank, targets, shapes)."""
+def print_nothing(_message: str) -> None:
+    pass
+
+
+def check_fits_base(
+    adapter_dir: Path, base_dir: Path, on_other_base: Callable[[str], None] | None
+) -> None:
+    """Refuse an adapter that does not fit `base_dir` (fingerprints, rank, targets, shapes)."""
     from adapters.peft import load_mlx_adapter
     from mlx_plamo3.loading import read_config
     from mlx_plamo3.model import ModelArgs
 
     args = ModelArgs.from_dict(read_config(base_dir), source=str(base_dir / "config.json"))
-    load_mlx_adapter(adapter_dir, args)
+    load_mlx_adapter(adapter_dir, args, base_dir, on_other_base)

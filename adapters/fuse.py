@@ -98,8 +98,10 @@ def fuse_adapter(
     dtype: str = "bfloat16",
     force: bool = False,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    on_other_base: Callable[[str], None] | None = None,
 ) -> Path:
-    """Write the base with the adapter merged in, in Hugging Face layout, to `out_dir`."""
+    """Write the base with the adapter merged in, in Hugging Face layout, to `out_dir`.
+    `on_other_base`: see `check_same_base` (an adapter trained on another same-shape base)."""
     import mlx.core as mx
 
     from mlx_plamo3.io import atomic_write_json
@@ -111,7 +113,7 @@ def fuse_adapter(
     adapter_dir, base_dir, out_dir = Path(adapter_dir), Path(base_dir), Path(out_dir)
     base_config = read_config(base_dir)
     args = ModelArgs.from_dict(base_config, source=str(base_dir / "config.json"))
-    config, _, lora = load_mlx_adapter(adapter_dir, args)
+    config, _, lora = load_mlx_adapter(adapter_dir, args, base_dir, on_other_base)
 
     files = weight_files(base_dir)
     base_keys = {k for f in files for k in read_safetensors_header(f)}

@@ -14,7 +14,7 @@ Every check here raises `AdapterError` listing all problems at once, naming the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,12 @@ from mlx_plamo3.io import (
 from mlx_plamo3.loading import weight_problems
 from mlx_plamo3.lora import (
     ADAPTER_WEIGHTS,
+    BASE_WEIGHTS_KEY,
     AdapterError,
     LoraConfig,
-    base_fingerprint,
+    check_base_shapes,
+    check_same_base,
+    checkpoint_weights_fingerprint,
     read_adapter_config,
     read_adapter_weights,
 )
@@ -293,12 +296,10 @@ def check_peft_fits_base(adapter: PeftAdapter, args: ModelArgs, base: str = "bas
     problems += [
         f"shapes: {p}" for p in weight_problems(expected, adapter.shapes, "adapter", limit=6)
     ]
-    recorded = (adapter.info or {}).get("base_fingerprint")
-    if recorded is not None and recorded != base_fingerprint(args):
-        problems.append(
-            f"base fingerprint: the adapter was trained on a base with fingerprint {recorded}, "
-            f"{base} has {base_fingerprint(args)} (different hidden size, layers, heads or vocab)"
-        )
+    try:
+        check_base_shapes((adapter.info or {}).get("base_fingerprint"), args, "it", base)
+    except AdapterError as exc:
+        problems.append(f"base fingerprint: {exc}")
     if problems:
         raise AdapterError(
             f"{adapter.path} does not fit the base model {base}:\n  " + "\n  ".join(problems)
@@ -320,9 +321,10 @@ def check_peft_matches_mlx(adapter: PeftAdapter, mlx_adapter_dir: str | Path) ->
             f"MLX {sorted(config.target_modules)}"
         )
     info = adapter.info or {}
-    mlx_print, peft_print = document.get("base_fingerprint"), info.get("base_fingerprint")
-    if mlx_print and peft_print and mlx_print != peft_print:
-        mismatches.append(f"base fingerprint: PEFT {peft_print}, MLX {mlx_print}")
+    for key, name in (("base_fingerprint", "base fingerprint"), (BASE_WEIGHTS_KEY, "base weights")):
+        mlx_print, peft_print = document.get(key), info.get(key)
+        if mlx_print and peft_print and mlx_print != peft_print:
+            mismatches.append(f"{name}: PEFT {peft_print}, MLX {mlx_print}")
     weights = Path(mlx_adapter_dir) / ADAPTER_WEIGHTS
     recorded = info.get("source_sha256")
     if not mismatches and recorded and weights.is_file() and file_sha256(weights) != recorded:
@@ -375,20 +377,27 @@ def base_model_of(document: Mapping[str, Any], override: str | None = None) -> s
 
 
 def load_mlx_adapter(
-    adapter_dir: str | Path, args: ModelArgs | None = None
+    adapter_dir: str | Path,
+    args: ModelArgs | None = None,
+    base_dir: str | Path | None = None,
+    on_other_base: Callable[[str], None] | None = None,
 ) -> tuple[LoraConfig, dict[str, Any], dict[str, Any]]:
     """(config, config document, factors) of an MLX adapter, checked: the factors agree with
-    the config, and given a base config, the adapter was trained on that base and fits it."""
+    the config; given a base config, the adapter was trained on a base of those shapes and
+    fits it; given the base directory too, on that very base (see `check_same_base`)."""
 
     adapter_dir = Path(adapter_dir)
     config, document = read_adapter_config(adapter_dir)
     if args is not None:
-        recorded = document.get("base_fingerprint")
-        if recorded is not None and recorded != base_fingerprint(args):
-            raise AdapterError(
-                f"{adapter_dir} was trained on a different base model: its base fingerprint "
-                f"is {recorded}, this base's is {base_fingerprint(args)} (hidden size, layers, "
-                "heads, intermediate size or vocabulary differ)"
+        base = str(base_dir or "this base")
+        check_base_shapes(document.get("base_fingerprint"), args, str(adapter_dir), base)
+        if base_dir is not None:
+            check_same_base(
+                document.get(BASE_WEIGHTS_KEY),
+                checkpoint_weights_fingerprint(base_dir),
+                f"the adapter {adapter_dir}",
+                base,
+                on_other_base,
             )
     weights = read_adapter_weights(adapter_dir)
     shapes = {k: tuple(v.shape) for k, v in weights.items()}
@@ -417,9 +426,10 @@ def write_peft_adapter(
     atomic_write_json(out_dir / PEFT_CONFIG, peft_adapter_config(config, base, revision))
     info = {
         "format": EXPORT_FORMAT,
-        "source_adapter": str(adapter_dir),
+        "source_adapter": str(adapter_dir.resolve()),
         "source_sha256": file_sha256(weights_path),
         "base_fingerprint": document.get("base_fingerprint"),
+        BASE_WEIGHTS_KEY: document.get(BASE_WEIGHTS_KEY),
         "dtype": dtype,
         "mlx_adapter_config": document,
     }

@@ -12,7 +12,9 @@ there: a near-tie (say under 0.1 in bf16) is rounding, not a port bug; a large m
 
 from __future__ import annotations
 
+import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +22,12 @@ from typing import Any
 
 import click
 
-from adapters.peft import check_peft_fits_base, check_peft_matches_mlx, read_peft_adapter
+from adapters.peft import (
+    PeftAdapter,
+    check_peft_fits_base,
+    check_peft_matches_mlx,
+    read_peft_adapter,
+)
 from data import load_rows, resolve_dataset
 from eval.harness import cut_at_turn_end, prompt_messages, question_of
 from eval.records import Records, load_records
@@ -29,6 +36,12 @@ from mlx_plamo3.errors import USER_ERRORS, PlamoError
 from mlx_plamo3.generate import stop_token_ids
 from mlx_plamo3.io import atomic_write_json
 from mlx_plamo3.loading import read_config, resolve_model_path
+from mlx_plamo3.lora import (
+    ADAPTER_CONFIG,
+    BASE_WEIGHTS_KEY,
+    check_same_base,
+    checkpoint_weights_fingerprint,
+)
 from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
@@ -236,16 +249,54 @@ class CheckSetup:
     mlx_adapter: Path | None = None
     fewshot: bool | None = None
     tie_margin: float = DEFAULT_TIE_MARGIN
+    limit: int | None = None
+    allow_other_base: bool = False
 
 
-def resolve_mlx_adapter(setup: CheckSetup, records: Records) -> Path | None:
-    """The MLX adapter the records came from: --mlx-adapter, else the records' summary."""
+def resolve_mlx_adapter(setup: CheckSetup, records: Records) -> tuple[Path | None, str | None]:
+    """The MLX adapter the records came from (--mlx-adapter, else the records' summary), or
+    None and the reason the identity check cannot run."""
     if setup.mlx_adapter is not None:
-        return setup.mlx_adapter
+        return setup.mlx_adapter, None
     recorded = records.summary.get("adapter")
-    if isinstance(recorded, str) and (Path(recorded) / "adapter_config.json").is_file():
-        return Path(recorded)
-    return None
+    if not isinstance(recorded, str):
+        return None, (
+            f"{records.path} does not name its MLX adapter; pass --mlx-adapter to check that "
+            f"{setup.adapter} is its export"
+        )
+    if not (Path(recorded) / ADAPTER_CONFIG).is_file():
+        return None, (
+            f"the records' adapter {recorded} is not an adapter directory here; pass "
+            f"--mlx-adapter to check that {setup.adapter} is its export"
+        )
+    return Path(recorded), None
+
+
+def check_records_have_adapter(records: Records) -> None:
+    """Records of a base condition cannot agree with a base + adapter: refuse them."""
+    summary = records.summary
+    if "adapter" in summary and not summary["adapter"]:
+        raise CheckError(
+            f"{records.path} has no adapter (condition {records.condition}): check-torch "
+            "reruns an adapter's eval; pass the records of `mlx-plamo eval --adapter ...`"
+        )
+
+
+def check_bases(
+    setup: CheckSetup, records: Records, adapter: PeftAdapter, base_dir: Path
+) -> list[str]:
+    """Refuse (or, with allow_other_base, return as warnings) an adapter or records made on
+    another base of the same shape than `base_dir`, by base weights fingerprint."""
+    warnings: list[str] = []
+    on_other_base = warnings.append if setup.allow_other_base else None
+    actual = checkpoint_weights_fingerprint(base_dir)
+    subjects = (
+        ((adapter.info or {}).get(BASE_WEIGHTS_KEY), f"the adapter {setup.adapter}"),
+        (records.summary.get(BASE_WEIGHTS_KEY), f"the records {records.path}"),
+    )
+    for recorded, subject in subjects:
+        check_same_base(recorded, actual, subject, f"--base {setup.base}", on_other_base)
+    return warnings
 
 
 def consistent_tokens(
@@ -360,17 +411,24 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
     check_device(setup.device)
     torch_dtype(setup.dtype)
     records = load_records(setup.results)
+    check_records_have_adapter(records)
+    record_rows = records.rows[: setup.limit]
     eval_file = resolve_dataset(setup.data) / "eval.jsonl"
-    eval_rows = match_eval_rows(records.rows, load_rows(eval_file), str(eval_file))
+    eval_rows = match_eval_rows(record_rows, load_rows(eval_file), str(eval_file))
     base_dir = resolve_model_path(setup.base)
     args = ModelArgs.from_dict(read_config(base_dir), source=str(base_dir / "config.json"))
 
-    # Refuse a mismatched adapter before loading anything heavy.
+    # Refuse a mismatched adapter, records or base before loading anything heavy.
     adapter = read_peft_adapter(setup.adapter)
     check_peft_fits_base(adapter, args, setup.base)
-    mlx_adapter = resolve_mlx_adapter(setup, records)
+    notes = check_bases(setup, records, adapter, base_dir)
+    mlx_adapter, skipped = resolve_mlx_adapter(setup, records)
     if mlx_adapter is not None:
         check_peft_matches_mlx(adapter, mlx_adapter)
+    else:
+        notes.append(f"identity check skipped: {skipped}")
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
 
     tokenizer = Plamo3Tokenizer.from_pretrained(base_dir)
     stop_ids = stop_token_ids(tokenizer)
@@ -381,13 +439,16 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
 
     started = time.perf_counter()
     base = load_torch_base(setup.base, base_dir, setup.dtype, setup.device, setup.trust_remote_code)
-    model = PeftModel.from_pretrained(base, str(setup.adapter)).to(setup.device).eval()
+    with warnings.catch_warnings():
+        # transformers' deprecation notices reached through peft: not the user's to act on.
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+        model = PeftModel.from_pretrained(base, str(setup.adapter)).to(setup.device).eval()
     load_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     rows, torch_records = [], []
     token_texts = TokenTexts(tokenizer)
-    pairs = list(zip(records.rows, eval_rows, strict=True))
+    pairs = list(zip(record_rows, eval_rows, strict=True))
     for index, (record, eval_row) in enumerate(
         tqdm(pairs, desc="check-torch", unit="q", disable=not progress)
     ):
@@ -427,15 +488,17 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
         "fewshot": fewshot,
         "max_new_tokens": max_new_tokens,
         "compared_by": "token ids"
-        if all(isinstance(r.get("pred_ids"), list) for r in records.rows)
+        if all(isinstance(r.get("pred_ids"), list) for r in record_rows)
         else "text (the records carry no token ids)",
         "tie_margin": setup.tie_margin,
+        "limit": setup.limit,
+        "warnings": notes,
         "n": len(rows),
         "agree": agree,
         "agreement": agree / len(rows) if rows else None,
         "load_seconds": round(load_seconds, 2),
         "generate_seconds": round(time.perf_counter() - started, 2),
-        "metrics": side_by_side(records.rows, torch_records),
+        "metrics": side_by_side(record_rows, torch_records),
         "rows": rows,
     }
 
@@ -449,9 +512,18 @@ def format_report(report: Mapping[str, Any], min_agreement: int) -> str:
         f"PyTorch ({MODEL_CODE_NAMES[report['model_code']]} + PEFT, {report['device']}, "
         f"{report['dtype']}) vs MLX records {report['results']}",
         f"agreement: {agree}/{n} questions identical (compared by {report['compared_by']}; "
-        f"required {min_agreement})",
+        f"required {min_agreement}"
+        + (f"; --limit {report['limit']}" if report.get("limit") else "")
+        + ")",
+        *(f"warning: {w}" for w in report.get("warnings", [])),
         "",
     ]
+    other_base = any("different base" in w for w in report.get("warnings", []))
+    large = (
+        "LARGE margin: the other base (see the warning), or a port bug"
+        if other_base
+        else "LARGE margin: look for a port bug"
+    )
     for mode in MODES:
         mlx, torch_ = report["metrics"][mode]["mlx"], report["metrics"][mode]["torch"]
         lines.append(f"{mode} scoring:")
@@ -473,7 +545,7 @@ def format_report(report: Mapping[str, Any], min_agreement: int) -> str:
             if d["torch_minus_mlx_logit"] is not None
             else f"top1 - top2 = {d['top1_top2_margin']:.4f}"
         )
-        verdict = "near-tie (rounding)" if d["near_tie"] else "LARGE margin: look for a port bug"
+        verdict = "near-tie (rounding)" if d["near_tie"] else large
         lines += [
             f"  #{row['index']} [{row['kind']}] {row['question'][:70]!r}",
             f"    token {d['index']}: torch {d['torch_piece']!r} ({d['torch_token']}) vs mlx "
@@ -557,6 +629,18 @@ def default_report_path(results: Path) -> Path:
     help="A disagreement whose logit margin is at most this is reported as a near-tie.",
 )
 @click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Compare only the first N questions of the records (a quick check) [all].",
+)
+@click.option(
+    "--allow-other-base",
+    is_flag=True,
+    help="Compare even when the adapter or the records were made on another base of the same "
+    "shape than --base, with a warning (refused by default: their base weights fingerprint "
+    "differs, so disagreements would say nothing about the port).",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="JSON report [<results>.torch-check.json beside the results file].",
@@ -574,6 +658,8 @@ def check_torch_command(
     fewshot: bool | None,
     min_agreement: int | None,
     tie_margin: float,
+    limit: int | None,
+    allow_other_base: bool,
     out: Path | None,
     quiet: bool,
 ) -> None:
@@ -592,6 +678,8 @@ def check_torch_command(
         mlx_adapter=mlx_adapter,
         fewshot=fewshot,
         tie_margin=tie_margin,
+        limit=limit,
+        allow_other_base=allow_other_base,
     )
     try:
         report = run_check(setup, progress=not quiet)

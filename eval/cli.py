@@ -194,6 +194,12 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
     "--no-prefix-reuse", is_flag=True, help="Run every prompt from scratch, like the seed."
 )
 @click.option(
+    "--allow-other-base",
+    is_flag=True,
+    help="Evaluate an adapter trained on another base of the same shape, with a warning "
+    "(refused by default: its base weights fingerprint differs).",
+)
+@click.option(
     "--compare",
     nargs=2,
     type=click.Path(exists=True, dir_okay=False),
@@ -219,6 +225,7 @@ def eval_command(
     memory_limit: float | None,
     max_new_tokens: int,
     no_prefix_reuse: bool,
+    allow_other_base: bool,
     compare: tuple[str, str] | None,
     mode: str,
 ) -> None:
@@ -235,8 +242,13 @@ def eval_command(
     from data import load_rows, resolve_dataset
     from eval.harness import run_eval
     from mlx_plamo3.io import file_sha256
-    from mlx_plamo3.loading import load
-    from mlx_plamo3.lora import load_adapter
+    from mlx_plamo3.loading import load, model_reference
+    from mlx_plamo3.lora import (
+        BASE_WEIGHTS_KEY,
+        load_adapter,
+        model_weights_fingerprint,
+        warn_other_base,
+    )
     from mlx_plamo3.memory import budget
     from mlx_plamo3.paths import artifact_dir
 
@@ -253,8 +265,9 @@ def eval_command(
         eval_file = resolve_dataset(data_name) / "eval.jsonl"
         rows = load_rows(eval_file)
         model, tokenizer = load(model_path)
+        base_weights = model_weights_fingerprint(model)
         if adapter:
-            load_adapter(model, adapter)
+            load_adapter(model, adapter, warn_other_base(allow_other_base), model_path)
             model.eval()
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
@@ -275,9 +288,10 @@ def eval_command(
             memory_available=limit_bytes - mx.get_active_memory(),
         )
     records["summary"] |= {
-        "model": str(model_path),
-        "adapter": adapter,
-        "data": str(eval_file),
+        "model": model_reference(model_path),
+        BASE_WEIGHTS_KEY: base_weights,
+        "adapter": str(Path(adapter).resolve()) if adapter else None,
+        "data": str(eval_file.resolve()),
         "data_sha256": file_sha256(eval_file),
     }
     write_records(out, records["summary"], records["rows"])

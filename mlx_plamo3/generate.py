@@ -224,6 +224,12 @@ class TextStreamer:
     help="Nucleus sampling mass, in (0, 1].",
 )
 @click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@click.option(
+    "--allow-other-base",
+    is_flag=True,
+    help="Use an adapter trained on another base of the same shape, with a warning "
+    "(refused by default: its base weights fingerprint differs).",
+)
 def generate_command(
     model_path: str,
     adapter: str | None,
@@ -234,10 +240,11 @@ def generate_command(
     temperature: float,
     top_p: float,
     seed: int,
+    allow_other_base: bool,
 ) -> None:
     """Generate a reply, streaming it to the terminal; stops at <|plamo:tag|> or eos."""
     from mlx_plamo3.loading import load
-    from mlx_plamo3.lora import load_adapter
+    from mlx_plamo3.lora import load_adapter, warn_other_base
 
     if (prompt is None) == (messages is None):
         raise click.UsageError("give exactly one of --prompt and --messages")
@@ -245,7 +252,7 @@ def generate_command(
     try:
         model, tokenizer = load(model_path)
         if adapter:
-            load_adapter(model, adapter)
+            load_adapter(model, adapter, warn_other_base(allow_other_base), model_path)
             model.eval()
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None

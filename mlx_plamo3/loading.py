@@ -45,6 +45,13 @@ def is_hub_id(name: str) -> bool:
     )
 
 
+def model_reference(path_or_repo: str | Path) -> str:
+    """How records name a model: a local directory as an absolute path (it resolves from any
+    working directory), a Hub id as given."""
+    path = Path(path_or_repo).expanduser()
+    return str(path.resolve()) if path.exists() else str(path_or_repo)
+
+
 def resolve_model_path(path_or_repo: str | Path, revision: str | None = None) -> Path:
     """A local directory as is; anything else is a Hugging Face Hub id to download."""
     path = Path(path_or_repo)

@@ -20,7 +20,8 @@ import functools
 import hashlib
 import json
 import math
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,17 +32,23 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors
-from mlx_plamo3.loading import weight_problems
+from mlx_plamo3.loading import weight_files, weight_problems
 from mlx_plamo3.model import Model, ModelArgs
 
 ALL_LINEAR = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FORMAT = "mlx-plamo3-lora"
+# The key under which adapters, exports and eval records store `base_weights_fingerprint`.
+BASE_WEIGHTS_KEY = "base_weights_fingerprint"
 
 
 class AdapterError(PlamoError, ValueError):
     """An adapter does not fit the model or is malformed."""
+
+
+class BaseMismatchError(AdapterError):
+    """An adapter or records were made on another base of the same shape."""
 
 
 @dataclass
@@ -204,6 +211,77 @@ def base_fingerprint(args: ModelArgs) -> str:
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_base_shapes(recorded: Any, args: ModelArgs, subject: str, base: str) -> None:
+    """Refuse `subject` (an adapter) trained on a base whose shape fingerprint `recorded` is
+    not `args`'; a missing `recorded` is not checked (the weights are still shape-checked)."""
+    actual = base_fingerprint(args)
+    if recorded not in (None, actual):
+        raise AdapterError(
+            f"{subject} was trained on a base model of other shapes: its base fingerprint is "
+            f"{recorded}, {base} has {actual} (hidden size, layers, heads, intermediate size "
+            "or vocabulary differ)"
+        )
+
+
+def base_weights_fingerprint(weights: Mapping[str, mx.array]) -> str:
+    """Hash of a base's RMSNorm weights rounded to bfloat16: which same-shape base it is.
+
+    Norm weights are trained values (two bases of one shape differ there), small (about 250k
+    values at the 2.6B shape), and never quantized, so the bf16 original, an fp32 copy and a
+    quantized conversion of one checkpoint share the fingerprint. Keys are checkpoint keys."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in weights if k.endswith("norm.weight")):
+        rounded = weights[key].astype(mx.bfloat16).view(mx.uint16)
+        digest.update(key.encode())
+        digest.update(bytes(memoryview(rounded)))
+    return digest.hexdigest()[:16]
+
+
+def model_weights_fingerprint(model: Model) -> str:
+    """`base_weights_fingerprint` of a loaded model (LoRA layers keep the base's keys)."""
+    return base_weights_fingerprint(dict(tree_flatten(model.parameters())))
+
+
+def checkpoint_weights_fingerprint(model_dir: str | Path) -> str:
+    """`base_weights_fingerprint` of a checkpoint directory, HF or MLX layout, reading only
+    the norm tensors (`mx.load` maps the shards lazily)."""
+    weights: dict[str, mx.array] = {}
+    for file in weight_files(Path(model_dir)):
+        weights.update(
+            (k, v) for k, v in read_safetensors(file).items() if k.endswith("norm.weight")
+        )
+    return base_weights_fingerprint(weights)
+
+
+def check_same_base(
+    recorded: Any,
+    actual: str,
+    subject: str,
+    base: str,
+    on_other_base: Callable[[str], None] | None = None,
+) -> None:
+    """Refuse `subject` (an adapter, records) made on a base whose weights fingerprint
+    `recorded` is not `actual`'s (the base `base`), unless `on_other_base` is given: then it
+    receives the message instead. A missing `recorded` (older files) is not checked."""
+    if recorded in (None, actual):
+        return
+    message = (
+        f"{subject} was made on a different base: its base weights fingerprint is "
+        f"{recorded}, {base} has {actual}"
+    )
+    if on_other_base is None:
+        raise BaseMismatchError(f"{message}; pass --allow-other-base to use it anyway")
+    on_other_base(message)
+
+
+def warn_other_base(allowed: bool) -> Callable[[str], None] | None:
+    """The `on_other_base` a command passes for its --allow-other-base flag: a warning on
+    stderr when the user allowed another base, else None (refuse)."""
+    if not allowed:
+        return None
+    return lambda message: print(f"warning: {message}", file=sys.stderr)
+
+
 def save_adapter(
     model: Model, out_dir: str | Path, config: LoraConfig, metadata: dict[str, Any]
 ) -> Path:
@@ -218,6 +296,7 @@ def save_adapter(
         "format": ADAPTER_FORMAT,
         **asdict(config),
         "base_fingerprint": base_fingerprint(model.args),
+        BASE_WEIGHTS_KEY: model_weights_fingerprint(model),
         **metadata,
     }
     atomic_write_json(out_dir / ADAPTER_CONFIG, document)
@@ -260,15 +339,24 @@ def read_adapter_weights(adapter_dir: str | Path) -> dict[str, mx.array]:
         raise AdapterError(str(exc)) from None
 
 
-def load_adapter(model: Model, adapter_dir: str | Path) -> LoraConfig:
-    """Apply a saved adapter to a freshly loaded base; refuses one trained on another base."""
+def load_adapter(
+    model: Model,
+    adapter_dir: str | Path,
+    on_other_base: Callable[[str], None] | None = None,
+    base: str = "this base model",
+) -> LoraConfig:
+    """Apply a saved adapter to a freshly loaded base. Refuses one trained on a base of other
+    shapes, and one trained on another base of the same shapes unless `on_other_base` is given
+    (it then receives the warning; see `check_same_base`)."""
     config, document = read_adapter_config(adapter_dir)
-    expected = base_fingerprint(model.args)
-    if document.get("base_fingerprint") not in (None, expected):
-        raise AdapterError(
-            f"{adapter_dir} was trained on a different base model "
-            f"(fingerprint {document['base_fingerprint']}, this model {expected})"
-        )
+    check_base_shapes(document.get("base_fingerprint"), model.args, str(adapter_dir), base)
+    check_same_base(
+        document.get(BASE_WEIGHTS_KEY),
+        model_weights_fingerprint(model),
+        f"the adapter {adapter_dir}",
+        base,
+        on_other_base,
+    )
     apply_lora(model, config)
     weights = read_adapter_weights(adapter_dir)
     wanted = {k: tuple(v.shape) for k, v in lora_parameters(model).items()}

@@ -248,7 +248,7 @@ def other_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_fusing_into_another_base_is_refused(adapter, other_base, tmp_path):
-    with pytest.raises(AdapterError, match="different base model") as info:
+    with pytest.raises(AdapterError, match="base model of other shapes") as info:
         fuse_adapter(adapter[0], other_base, tmp_path / "fused")
     assert "fingerprint" in str(info.value)
     assert not (tmp_path / "fused").exists()
@@ -276,7 +276,7 @@ def test_export_cli_checks_the_adapter_against_a_given_base(adapter, other_base,
         ["--adapter", str(adapter[0]), "--out", str(tmp_path / "out"), "--base", str(other_base)],
     )
     assert result.exit_code != 0
-    assert "different base model" in result.output
+    assert "base model of other shapes" in result.output
     assert not (tmp_path / "out").exists()
 
 

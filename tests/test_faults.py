@@ -7,14 +7,18 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from convert.__main__ import convert_command
+from convert.tiny import write_tiny_checkpoint
 from mlx_plamo3.cli import main as cli_main
 from mlx_plamo3.io import OUTPUT_MARKER
+from mlx_plamo3.loading import load_model
+from mlx_plamo3.lora import checkpoint_weights_fingerprint, model_weights_fingerprint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from lora_helpers import make_random_adapter
@@ -250,7 +254,7 @@ def test_non_positive_counts_and_bad_sampling_settings_are_refused(tiny_mlx_dir,
     no_traceback(result)
 
 
-def toy_dataset(directory: Path, train_rows: int = 4) -> Path:
+def toy_dataset(directory: Path, train_rows: int = 4, eval_rows: int = 1) -> Path:
     def row(question: str, city: str) -> dict:
         answer = json.dumps({"name": "get_time", "arguments": {"city": city}})
         messages = [
@@ -263,7 +267,9 @@ def toy_dataset(directory: Path, train_rows: int = 4) -> Path:
     directory.mkdir(parents=True)
     train = [row(f"Time in city {i}?", f"city {i}") for i in range(train_rows)]
     (directory / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
-    (directory / "eval.jsonl").write_text(json.dumps(row("Time in Accra?", "Accra")) + "\n")
+    cities = ["Accra", "Lima", "Oslo", "Hanoi"][:eval_rows]
+    evals = [row(f"Time in {city}?", city) for city in cities]
+    (directory / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
     return directory
 
 
@@ -365,3 +371,133 @@ def test_print_config_shows_the_paths_a_run_would_use(tmp_path):
     built = toy_dataset(home / "data" / "v2")
     printed = __import__("yaml").safe_load(run(["train", "--print-config"]).output)
     assert printed["data"] == str(built) and printed["run_name"] == "plamo3-v2-r16"
+
+
+# ---- 4. mismatches diagnosed, not misread ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def twin_base(tmp_path_factory) -> Path:
+    """A tiny base with the shapes of `tiny_hf_dir` and other weights (another seed)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("twin") / "hf", seed=1)
+
+
+def test_the_base_weights_fingerprint_tells_same_shape_bases_apart(
+    tiny_hf_dir, twin_base, tmp_path
+):
+    # One checkpoint keeps its fingerprint through every conversion; a twin does not share it.
+    bf16, quantized = tmp_path / "bf16", tmp_path / "q4"
+    assert convert(tiny_hf_dir, bf16, "--dtype", "bfloat16").exit_code == 0
+    assert convert(tiny_hf_dir, quantized, "--quantize", "--q-group-size", "32").exit_code == 0
+    assert "scales" in json.dumps(
+        json.loads((quantized / "model.safetensors.index.json").read_text())
+    )
+    original = checkpoint_weights_fingerprint(tiny_hf_dir)
+    assert checkpoint_weights_fingerprint(bf16) == original
+    assert checkpoint_weights_fingerprint(quantized) == original
+    assert model_weights_fingerprint(load_model(quantized)) == original
+    assert checkpoint_weights_fingerprint(twin_base) != original
+
+
+def other_base_refused_then_warned(args: list[str]) -> None:
+    refused = run(args)
+    one_line_error(refused, "different base", "--allow-other-base")
+    allowed = run([*args, "--allow-other-base"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning: the adapter" in allowed.output and "different base" in allowed.output
+
+
+def test_eval_and_generate_refuse_an_adapter_of_a_same_shape_twin(adapter_dir, twin_base, tmp_path):
+    twin = tmp_path / "twin-mlx"
+    assert convert(twin_base, twin).exit_code == 0
+    data = str(toy_dataset(tmp_path / "data"))
+    eval_args = ["eval", "--adapter", str(adapter_dir), "--model", str(twin), "--data", data]
+    other_base_refused_then_warned(
+        [*eval_args, "--max-new-tokens", "2", "--out", str(tmp_path / "r.json")]
+    )
+    gen_args = ["generate", "--model", str(twin), "--adapter", str(adapter_dir), "--prompt", "hi"]
+    other_base_refused_then_warned([*gen_args, "--max-new-tokens", "2"])
+
+
+def test_export_refuses_an_adapter_of_a_same_shape_twin(adapter_dir, twin_base, tmp_path):
+    args = ["export", "--adapter", str(adapter_dir), "--base", str(twin_base)]
+    other_base_refused_then_warned([*args, "--out", str(tmp_path / "peft")])
+    other_base_refused_then_warned([*args, "--out", str(tmp_path / "both"), "--fused"])
+    assert (tmp_path / "both-fused" / "config.json").is_file()
+
+
+def test_records_name_absolute_paths(adapter_dir, tiny_hf_dir, tmp_path, monkeypatch):
+    data = toy_dataset(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    relative = [os.path.relpath(p, tmp_path) for p in (adapter_dir, tiny_hf_dir, data)]
+    args = ["eval", "--adapter", relative[0], "--model", relative[1], "--data", relative[2]]
+    result = run([*args, "--max-new-tokens", "2", "--out", "records.json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "records.json").read_text())["summary"]
+    assert summary["adapter"] == str(adapter_dir.resolve())
+    assert summary["model"] == str(tiny_hf_dir.resolve())
+    assert summary["data"] == str((data / "eval.jsonl").resolve())
+    assert summary["base_weights_fingerprint"] == checkpoint_weights_fingerprint(tiny_hf_dir)
+
+
+@pytest.fixture(scope="module")
+def checked(adapter_dir, tiny_hf_dir, tmp_path_factory) -> dict[str, Path]:
+    """MLX records of `adapter_dir` on 3 questions, base records, and the PEFT export."""
+    root = tmp_path_factory.mktemp("checked")
+    data = toy_dataset(root / "data", eval_rows=3)
+    common = ["--model", str(tiny_hf_dir), "--data", str(data), "--max-new-tokens", "6"]
+    for condition, extra in (("lora", ["--adapter", str(adapter_dir)]), ("base", [])):
+        out = str(root / f"{condition}.json")
+        result = run(["eval", "--condition", condition, *extra, *common, "--out", out])
+        assert result.exit_code == 0, result.output
+    peft = root / "peft"
+    assert run(["export", "--adapter", str(adapter_dir), "--out", str(peft)]).exit_code == 0
+    return {"data": data, "lora": root / "lora.json", "base": root / "base.json", "peft": peft}
+
+
+def check_torch(checked: dict[str, Path], base: Path, *extra: str, records: Path | None = None):
+    records = records or checked["lora"]
+    args = ["check-torch", "--base", str(base), "--adapter", str(checked["peft"])]
+    return run(
+        [*args, "--results", str(records), "--data", str(checked["data"]), "--quiet", *extra]
+    )
+
+
+def test_check_torch_limit_and_no_future_warning(checked, tiny_hf_dir, tmp_path):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = check_torch(
+            checked, tiny_hf_dir, "--limit", "2", "--out", str(tmp_path / "r.json")
+        )
+    assert result.exit_code == 0, result.output
+    assert "agreement: 2/2 questions identical" in result.output and "--limit 2" in result.output
+    assert "warning" not in result.output
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["n"], report["limit"], report["warnings"]) == (2, 2, [])
+
+
+def test_check_torch_says_the_records_have_no_adapter(checked, tiny_hf_dir):
+    result = check_torch(checked, tiny_hf_dir, records=checked["base"])
+    one_line_error(result, "has no adapter", "condition base")
+
+
+def test_check_torch_says_different_base(checked, twin_base, tmp_path):
+    refused = check_torch(checked, twin_base)
+    one_line_error(refused, "different base", "--allow-other-base")
+    allowed = check_torch(
+        checked, twin_base, "--allow-other-base", "--out", str(tmp_path / "r.json")
+    )
+    assert "different base" in allowed.output and "look for a port bug" not in allowed.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(report["warnings"]) == 2  # the adapter and the records
+
+
+def test_check_torch_never_skips_its_identity_check_silently(checked, tiny_hf_dir, tmp_path):
+    records = json.loads(checked["lora"].read_text())
+    records["summary"]["adapter"] = str(tmp_path / "moved-away")
+    moved = tmp_path / "moved.json"
+    moved.write_text(json.dumps(records))
+    result = check_torch(checked, tiny_hf_dir, records=moved)
+    assert result.exit_code == 0, result.output
+    assert "identity check skipped" in result.output and "--mlx-adapter" in result.output

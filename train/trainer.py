@@ -496,10 +496,10 @@ class Trainer:
         return {
             "base_model_name_or_path": self.base_model_id,
             "base_model_revision": self.base_revision,
-            "base_model_path": str(self.model_dir),
+            "base_model_path": str(self.model_dir.resolve()),
             "data_recipe": self.recipe,
             "data_hash": self.data_hash,
-            "data_dir": str(self.data_dir),
+            "data_dir": str(self.data_dir.resolve()),
             "train_examples": len(self.encoded.examples),
             "dropped_too_long": len(self.encoded.dropped_too_long),
             "max_length": cfg.max_length,
