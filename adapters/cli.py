@@ -14,14 +14,14 @@ from adapters.peft import DEFAULT_BASE_MODEL, EXPORT_DTYPES, EXPORT_WRITER
 from mlx_plamo3.errors import USER_ERRORS
 from mlx_plamo3.io import OUTPUT_MARKER, OutputDirectoryError, check_replaceable
 from mlx_plamo3.lora import warn_other_base
+from mlx_plamo3.messages import next_step, quoted
+from mlx_plamo3.paths import artifact_dir, default_model_dir
 
-DEFAULT_BASE_DIR_NAME = "plamo-3-nict-2b-base"
 RESULT_CONDITIONS = ("base", "base-fewshot", "lora")
 
 
 def default_results() -> list[Path]:
     """The eval records under artifacts/results that exist, base conditions first."""
-    from mlx_plamo3.paths import artifact_dir
 
     candidates = [artifact_dir("results", f"{c}.json") for c in RESULT_CONDITIONS]
     return [p for p in candidates if p.is_file()]
@@ -71,7 +71,7 @@ def ensure_free(path: Path, force: bool, option: str, writer: str, keep: dict[st
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Directory for the PEFT adapter [artifacts/adapters/<adapter name>-peft].",
+    help=f"Directory for the PEFT adapter [{artifact_dir('adapters')}/<adapter name>-peft].",
 )
 @click.option(
     "--dtype",
@@ -94,7 +94,7 @@ def ensure_free(path: Path, force: bool, option: str, writer: str, keep: dict[st
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Eval records file to ship in eval/ and tabulate in the model card; repeat for "
-    "several [artifacts/results/{base,base-fewshot,lora}.json, those that exist].",
+    f"several [{artifact_dir('results')}/{{base,base-fewshot,lora}}.json, those that exist].",
 )
 @click.option(
     "--fused", is_flag=True, help="Also write the base with the adapter merged in (HF layout)."
@@ -104,7 +104,7 @@ def ensure_free(path: Path, force: bool, option: str, writer: str, keep: dict[st
     "base_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Base model directory (HF or MLX layout) to fuse into; also checks that the adapter "
-    f"fits it [artifacts/models/{DEFAULT_BASE_DIR_NAME} with --fused].",
+    f"fits it [{default_model_dir()} with --fused].",
 )
 @click.option(
     "--fused-out",
@@ -154,7 +154,6 @@ def export_command(
     base_model.model.<module path>), adapter_config.json, a model card README.md and the eval
     records, so `peft.PeftModel.from_pretrained` loads it on top of the PLaMo 3 base."""
     from adapters.hub import HubError, check_repo_id, hub_token
-    from mlx_plamo3.paths import artifact_dir
 
     if private and not repo_id:
         raise click.UsageError("--private only makes sense with --push-to-hub")
@@ -171,7 +170,7 @@ def export_command(
     out = out or artifact_dir("adapters", f"{adapter_dir.name}-peft")
     ensure_free(out, force, "--out", EXPORT_WRITER, {"--adapter": adapter_dir})
     if fused:
-        base_dir = base_dir or artifact_dir("models", DEFAULT_BASE_DIR_NAME)
+        base_dir = base_dir or default_model_dir()
         if not base_dir.is_dir():
             raise click.UsageError(f"--fused needs the base model; {base_dir} does not exist")
         fused_out = fused_out or out.with_name(f"{out.name}-fused")
@@ -209,6 +208,7 @@ def export_command(
         except HubError as exc:
             raise click.ClickException(str(exc)) from None
         click.echo(f"uploaded {out} to {url}{' (private)' if private else ''}")
+    click.echo(next_step(check_torch_command_line(adapter_dir, out, records)))
 
 
 def export_adapter(
@@ -235,6 +235,23 @@ def export_adapter(
             err=True,
         )
     export_peft(adapter_dir, out, dtype, base_model, revision, records, force, repo_id)
+
+
+def check_torch_command_line(adapter_dir: Path, out: Path, records: list[Path]) -> str:
+    """The check-torch run that proves this export: the base checkpoint the adapter names, the
+    export, and the records of this adapter's eval among `records`."""
+    from adapters.peft import base_model_of
+    from eval.records import load_records
+    from mlx_plamo3.lora import read_adapter_config
+
+    _, document = read_adapter_config(adapter_dir)
+    base = base_model_of(document, None)
+    adapter = str(adapter_dir.resolve())
+    mine = [r for r in records if load_records(r).summary.get("adapter") == adapter]
+    results = quoted(mine[0]) if mine else "<records of mlx-plamo eval --adapter ...>"
+    return (
+        f"mlx-plamo check-torch --base {quoted(base)} --adapter {quoted(out)} --results {results}"
+    )
 
 
 def print_nothing(_message: str) -> None:

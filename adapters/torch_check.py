@@ -12,7 +12,6 @@ there: a near-tie (say under 0.1 in bf16) is rounding, not a port bug; a large m
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +41,7 @@ from mlx_plamo3.lora import (
     check_same_base,
     checkpoint_weights_fingerprint,
 )
+from mlx_plamo3.messages import next_step, print_warning, quoted
 from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
@@ -428,7 +428,7 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
     else:
         notes.append(f"identity check skipped: {skipped}")
     for note in notes:
-        print(f"warning: {note}", file=sys.stderr)
+        print_warning(note)
 
     tokenizer = Plamo3Tokenizer.from_pretrained(base_dir)
     stop_ids = stop_token_ids(tokenizer)
@@ -692,6 +692,9 @@ def check_torch_command(
     atomic_write_json(out, report)
     click.echo(format_report(report, required))
     click.echo(f"report written to {out}")
+    if report["passed"] and report["mlx_adapter_checked"]:
+        publish = f"mlx-plamo export --adapter {quoted(report['mlx_adapter_checked'])}"
+        click.echo(next_step(f"{publish} --push-to-hub <user>/<name>  (publish it)"))
     if not report["passed"]:
         click.echo(
             f"check-torch FAILED: {report['agree']}/{report['n']} agree, {required} required",

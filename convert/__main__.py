@@ -8,6 +8,7 @@ import click
 
 from convert.convert import DTYPES, convert_checkpoint
 from mlx_plamo3.errors import USER_ERRORS
+from mlx_plamo3.messages import model_option, next_step, quoted
 
 
 @click.command(name="convert", context_settings={"help_option_names": ["-h", "--help"]})
@@ -76,6 +77,12 @@ def convert_command(
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"wrote MLX model to {out}")
+    click.echo(
+        next_step(
+            f"mlx-plamo generate --model {quoted(out)} --prompt Hello",
+            f"mlx-plamo data build --recipe v2, then mlx-plamo train{model_option(out)}",
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ the `tokenizers` Unigram model:
 - the tokenizer's special tokens (bos/eos/unk/pad and additional ones) are special added
   tokens, cut out first as PFN cuts them;
 - a Split pre-tokenizer isolates every other `<|plamo:NAME|>` match (and the optional
-  `break_around_*` runs), so no piece crosses those boundaries;
+  `break_around_*` runs, found inside those matches too), so no piece crosses those boundaries;
 - no normalizer: pieces hold raw spaces and newlines and the text reaches the model unchanged;
 - decoder ByteFallback + Fuse, and a post-processor adding bos/eos as tokenizer_config asks.
 
@@ -97,16 +97,14 @@ def control_regex() -> str:
 
 
 def break_regex(repeated_chars: int | None, consecutive_spaces: int | None) -> str | None:
-    """The `break_around_*` runs, behind an atom alternative so that a pre-token which is a
-    whole `<|plamo:...|>` stays whole (the native tokenizer only breaks between atoms)."""
+    """The `break_around_*` runs. The Split runs on every pre-token, a `<|plamo:...|>` one
+    included, as PFN breaks runs inside those too; special and added tokens are never split."""
     parts = []
     if repeated_chars is not None:
         parts.append(rf"(.)\1{{{repeated_chars - 1},}}")
     if consecutive_spaces is not None:
         parts.append(rf" {{{consecutive_spaces},}}")
-    if not parts:
-        return None
-    return "|".join([f"(?:{control_regex()})", *parts])
+    return "|".join(parts) if parts else None
 
 
 def unigram_scores(rows: Sequence[tuple[str, float, str]]) -> list[tuple[str, float]]:

@@ -5,9 +5,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from data.schema import CALL, DEFERRED_CALL, LABELS, NO_TOOLS, NONSTANDARD_CALL, STRICT_NOCALL
+
+# How the audit block names each label, in LABELS order.
+LABEL_WORDS = {
+    CALL: "call",
+    STRICT_NOCALL: "strict no-call",
+    DEFERRED_CALL: "deferred call",
+    NONSTANDARD_CALL: "nonstandard call",
+    NO_TOOLS: "no tools",
+}
 
 
 def share(part: int, whole: int) -> float | None:
@@ -35,50 +45,51 @@ def naive_nocall_breakdown(labels: Mapping[str, int]) -> dict[str, Any]:
     }
 
 
-def format_audit(audit: dict[str, Any]) -> str:
-    """The audit as the few lines a person reads after a build."""
+def format_audit(audit: dict[str, Any], out: Path | str) -> str:
+    """The audit as one block a person reads after a build, each figure said in words."""
     rows = audit["rows"]
+    skipped = ", ".join(f"{k} {v:,}" for k, v in rows["skipped"].items()) or "none"
+    label_names = ", ".join(f"{LABEL_WORDS[label]}" for label in LABELS)
+
+    def by_label(key: str) -> str:
+        return " / ".join(f"{audit[key][label]:,}" for label in LABELS)
+
+    naive, frozen, train = audit["naive_nocall"], audit["frozen_eval"], audit["train"]
     lines = [
-        f"recipe {audit['recipe']} (seed {audit['seed']})",
-        f"source rows {rows['source']:,}  parsed {rows['parsed']:,}  "
-        f"skipped {rows['skipped_total']:,}  duplicates removed {rows['duplicates_removed']:,}  "
-        f"unique queries {rows['unique_queries']:,}",
+        f"dataset {audit['recipe']} (sampling seed {audit['seed']}) in {out}",
+        f"  source    {rows['source']:,} rows read, {rows['parsed']:,} parsed, "
+        f"{rows['skipped_total']:,} skipped (by reason: {skipped}), "
+        f"{rows['duplicates_removed']:,} duplicate questions removed: "
+        f"{rows['unique_queries']:,} unique questions",
+        f"  labels    {label_names}",
+        f"            all parsed rows: {by_label('labels_all_rows')}",
+        f"            unique questions: {by_label('labels')}",
+        f"  trap 2    the study's rule (no call in the first reply = no-call) would label "
+        f"{naive['total']:,} questions no-call; {_pct(naive['really_a_call_share'])} of "
+        f"them do call a tool ({_pct(naive['deferred_share'])} in a later reply, the rest "
+        "in glaive's nonstandard form)",
+        f"  eval      {frozen['questions']} frozen questions: tools found in the source "
+        f"{frozen['from_source']}, synthesized from the gold call {frozen['synthesized']}, "
+        f"not in the source {frozen['missing']}",
     ]
-    if rows["skipped"]:
-        reasons = ", ".join(f"{k} {v:,}" for k, v in rows["skipped"].items())
-        lines.append(f"  skipped by reason: {reasons}")
-    for title, key in (("all parsed rows", "labels_all_rows"), ("unique queries", "labels")):
-        counts = audit[key]
-        lines.append(
-            f"{title}: call {counts[CALL]:,}  strict no-call {counts[STRICT_NOCALL]:,}  "
-            f"deferred call {counts[DEFERRED_CALL]:,}  nonstandard call "
-            f"{counts[NONSTANDARD_CALL]:,}  no tools {counts[NO_TOOLS]:,}"
-        )
-    naive = audit["naive_nocall"]
-    lines.append(
-        f"naive (first-reply) no-call class: {naive['total']:,}, of which deferred calls "
-        f"{_pct(naive['deferred_share'])}, really calls {_pct(naive['really_a_call_share'])}"
-    )
-    frozen = audit["frozen_eval"]
-    lines.append(
-        f"frozen eval: {frozen['questions']} questions, tools from source {frozen['from_source']}, "
-        f"synthesized {frozen['synthesized']}, missing {frozen['missing']}"
-    )
     if audit.get("fresh_eval"):
         built = audit["fresh_eval"]["built"]
-        lines.append(f"fresh eval: {built['call']} call + {built['nocall']} no-call")
-    train = audit["train"]
+        lines.append(f"            fresh eval: {built['call']} call + {built['nocall']} no-call")
     lines.append(
-        f"train: {train['built']['call']:,} call + {train['built']['nocall']:,} no-call "
-        f"(asked {train['requested']['call']:,} + {train['requested']['nocall']:,}, "
-        f"available {train['available']['call']:,} + {train['available']['nocall']:,})"
+        f"  train     {train['built']['call']:,} call + {train['built']['nocall']:,} no-call "
+        f"examples (asked for {train['requested']['call']:,} + "
+        f"{train['requested']['nocall']:,}; the source has {train['available']['call']:,} + "
+        f"{train['available']['nocall']:,} after removing eval questions)"
     )
     if audit["recipe"] == "v1":
         lines.append(
-            f"  v1 no-call rows that are really deferred calls: "
-            f"{_pct(train['nocall_deferred_share'])} (the seed measured 96%)"
+            f"            v1 no-call examples that really call a tool later: "
+            f"{_pct(train['nocall_deferred_share'])} (the study measured 96%)"
         )
-    lines.append(f"leakage: {audit['leakage']['overlap']} overlapping queries")
+    lines += [
+        f"  leakage   {audit['leakage']['overlap']} eval questions occur in train",
+        f"  details   {Path(out) / 'audit.json'} (skipped rows by line, every count above)",
+    ]
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@ import click
 from data.recipes import DEFAULT_SEED, DEFAULT_SIZES, RECIPES
 from data.sources import DEFAULT_SOURCE
 from mlx_plamo3.errors import USER_ERRORS
+from mlx_plamo3.messages import next_step, quoted
+from mlx_plamo3.paths import artifact_dir
 
 
 @click.group(name="data")
@@ -37,7 +39,7 @@ def data_group() -> None:
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Output directory [default: artifacts/data/<recipe>, under $MLX_PLAMO_HOME if set].",
+    help=f"Output directory [default: {artifact_dir('data')}/<recipe>].",
 )
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Sampling seed.")
 @click.option(
@@ -71,7 +73,9 @@ def data_group() -> None:
     "--revision", default=None, help="Hub revision (commit, tag or branch) of a hub source."
 )
 @click.option("--force", is_flag=True, help="Replace an existing non-empty output directory.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option(
+    "--quiet", is_flag=True, help="No progress bars and no audit block (warnings still show)."
+)
 def build_command(
     recipe: str,
     sources: tuple[str, ...],
@@ -108,8 +112,11 @@ def build_command(
         raise click.ClickException(str(exc)) from None
     for warning in plan.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
-    click.echo(format_audit(plan.audit))
+    if not quiet:
+        click.echo(format_audit(plan.audit, path))
     click.echo(f"wrote {path}")
+    data = recipe if path == artifact_dir("data", recipe) else quoted(path)
+    click.echo(next_step(f"mlx-plamo train --data {data}"))
 
 
 @data_group.command("check-leak")

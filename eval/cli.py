@@ -23,6 +23,8 @@ from eval.scoring import (
     summary_mismatches,
 )
 from mlx_plamo3.errors import USER_ERRORS
+from mlx_plamo3.messages import next_step, quoted
+from mlx_plamo3.paths import artifact_dir, default_model_dir
 
 MODE_HELP = (
     "seed: the seed study's scoring, reproducing its numbers exactly. strict: a call also needs "
@@ -114,6 +116,17 @@ def score_command(records: Path, mode: str, as_json: bool) -> None:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
     else:
         click.echo(format_score(result))
+        click.echo(next_step(f"mlx-plamo report{results_option(records)}"))
+
+
+def results_option(records: Path) -> str:
+    """` --results DIR` for `mlx-plamo report`, empty when the records sit in its default."""
+    folder = Path(records).parent
+    return (
+        ""
+        if folder.resolve() == artifact_dir("results").resolve()
+        else f" --results {quoted(folder)}"
+    )
 
 
 def compare_records(a_path: str | Path, b_path: str | Path, mode: str = "seed") -> dict[str, Any]:
@@ -150,7 +163,7 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
     "--model",
     "model_path",
     default=None,
-    help="MLX model dir [artifacts/models/plamo-3-nict-2b-base].",
+    help=f"MLX model dir [{default_model_dir()}].",
 )
 @click.option(
     "--data",
@@ -162,7 +175,7 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Records file [artifacts/results/<label>.json].",
+    help=f"Records file [{artifact_dir('results')}/<label>.json].",
 )
 @click.option("--force", is_flag=True, help="Replace an existing records file.")
 @click.option(
@@ -250,13 +263,12 @@ def eval_command(
         warn_other_base,
     )
     from mlx_plamo3.memory import budget
-    from mlx_plamo3.paths import artifact_dir
 
     if condition == "lora" and not adapter:
         raise click.UsageError("--condition lora needs --adapter")
     if condition != "lora" and adapter:
         raise click.UsageError(f"--adapter makes no sense with --condition {condition}")
-    model_path = model_path or str(artifact_dir("models", "plamo-3-nict-2b-base"))
+    model_path = model_path or str(default_model_dir())
     label = label or condition
     out = out or artifact_dir("results", f"{label}.json")
     if out.exists() and not force:  # before the model loads: the records hold a whole run
@@ -297,3 +309,9 @@ def eval_command(
     write_records(out, records["summary"], records["rows"])
     click.echo(format_score(score_records(out, "seed")))
     click.echo(f"records written to {out}")
+    report = f"mlx-plamo report{results_option(out)}"
+    if adapter:
+        export = f"mlx-plamo export --adapter {quoted(adapter)} --results {quoted(out)}"
+        click.echo(next_step(export, report))
+    else:
+        click.echo(next_step(report))

@@ -35,6 +35,7 @@ from eval.scoring import (
 )
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.io import atomic_write_bytes, atomic_write_text
+from mlx_plamo3.messages import next_step, quoted
 from mlx_plamo3.paths import artifact_dir, mlflow_uri
 
 DEFAULT_EXPERIMENT = "plamo3-tool-calling"
@@ -759,7 +760,7 @@ def build_report(
     "--results",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder of evaluation records (*.json) [default: artifacts/results].",
+    help=f"Folder of evaluation records (*.json) [default: {artifact_dir('results')}].",
 )
 @click.option(
     "--recursive/--no-recursive",
@@ -771,7 +772,7 @@ def build_report(
     "--mlflow",
     "tracking_uri",
     default=None,
-    help="MLflow tracking URI [default: sqlite:///<artifacts root>/mlflow.db].",
+    help=f"MLflow tracking URI [default: {mlflow_uri()}].",
 )
 @click.option("--no-mlflow", is_flag=True, help="Leave training curves out.")
 @click.option(
@@ -788,7 +789,7 @@ def build_report(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Output folder for index.html and figures/ [default: artifacts/reports].",
+    help=f"Output folder for index.html and figures/ [default: {artifact_dir('reports')}].",
 )
 @click.option("--title", default=DEFAULT_TITLE, show_default=True, help="Page title.")
 def report_command(
@@ -826,3 +827,4 @@ def report_command(
         f"report written to {report.index} ({len(report.conditions)} conditions, "
         f"{report.runs} MLflow runs)"
     )
+    click.echo(next_step(f"open {quoted(report.index)} in a browser"))

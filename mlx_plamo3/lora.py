@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import math
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_save_safetensors, atomic_write_json, read_json, read_safetensors
 from mlx_plamo3.loading import weight_files, weight_problems
+from mlx_plamo3.messages import print_warning
 from mlx_plamo3.model import Model, ModelArgs
 
 ALL_LINEAR = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
@@ -277,9 +277,7 @@ def check_same_base(
 def warn_other_base(allowed: bool) -> Callable[[str], None] | None:
     """The `on_other_base` a command passes for its --allow-other-base flag: a warning on
     stderr when the user allowed another base, else None (refuse)."""
-    if not allowed:
-        return None
-    return lambda message: print(f"warning: {message}", file=sys.stderr)
+    return print_warning if allowed else None
 
 
 def save_adapter(

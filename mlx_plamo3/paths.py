@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 KINDS = ("models", "data", "adapters", "results", "reports")
+# The folder under models/ that commands read when no --model is given.
+DEFAULT_MODEL_DIR_NAME = "plamo-3-nict-2b-base"
 
 
 def artifacts_root() -> Path:
@@ -18,6 +20,11 @@ def artifact_dir(kind: str, name: str = "") -> Path:
         raise ValueError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
     base = artifacts_root() / kind
     return base / name if name else base
+
+
+def default_model_dir() -> Path:
+    """The converted base model commands use by default: models/plamo-3-nict-2b-base."""
+    return artifact_dir("models", DEFAULT_MODEL_DIR_NAME)
 
 
 def mlflow_uri() -> str:

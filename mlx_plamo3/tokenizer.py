@@ -8,7 +8,8 @@ Encoding, as PFN's `Plamo3Tokenizer` does it:
 1. HF special tokens (bos/eos/unk/pad and any additional ones) are cut out as single ids.
 2. Every remaining match of `<|plamo:NAME|>` (NAME: up to 64 characters, no `|`, no
    whitespace) is isolated, and so are runs caught by the optional `break_around_*` thresholds
-   of tokenizer_config.json; no piece ever crosses these boundaries.
+   of tokenizer_config.json, inside such a match too (PFN finds them after marking the
+   matches, so `<|plamo:aaaaaaaa|>` breaks at threshold 8); no piece crosses these boundaries.
 3. Each stretch is segmented by dynamic programming over every non-BYTE piece: the split whose
    scores sum highest wins, scores compared after rounding to 1e-4 (PFN keeps them as integers
    of score * 1e4). A character no piece covers costs -1000 and is spelled as the byte pieces
@@ -604,8 +605,8 @@ class Plamo3Tokenizer:
             atom = match.group(0)
             if atom in self._whole_texts:
                 ids.append(self._piece_to_id[atom])
-            else:
-                ids.extend(self._segment_ids(atom))
+            else:  # PFN's break runs cut inside such a control too
+                ids.extend(self._stretch_ids(atom))
             last = match.end()
         if last < len(text):
             ids.extend(self._stretch_ids(text[last:]))

@@ -31,7 +31,13 @@ def test_demo_build_on_the_llamafactory_sample(tmp_path: Path) -> None:
     assert train and len(evaluation) == 52
     assert "frozen eval questions are not in the source" in err
     assert "asked for 1,400 call examples" in err
-    assert "source rows 300" in out and "leakage: 0 overlapping queries" in out
+    # --quiet: no audit block, only where the data went and what to run next.
+    out_dir = tmp_path / "v2"
+    assert out.splitlines() == [f"wrote {out_dir}", f"next: mlx-plamo train --data {out_dir}"]
+    code, out, _ = run("build", "--recipe", "v2", "--source", DEMO, "--out", out_dir, "--force")
+    assert code == 0
+    assert "300 rows read" in out and "0 eval questions occur in train" in out
+    assert f"details   {out_dir / 'audit.json'}" in out
 
 
 def test_build_combines_repeated_sources_and_check_leak_passes(tmp_path: Path) -> None:

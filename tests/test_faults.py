@@ -471,6 +471,7 @@ def test_check_torch_limit_and_no_future_warning(checked, tiny_hf_dir, tmp_path)
         )
     assert result.exit_code == 0, result.output
     assert "agreement: 2/2 questions identical" in result.output and "--limit 2" in result.output
+    assert "next: mlx-plamo export --adapter" in result.output and "--push-to-hub" in result.output
     assert "warning" not in result.output
     assert not [w for w in caught if issubclass(w.category, FutureWarning)]
     report = json.loads((tmp_path / "r.json").read_text())
@@ -501,3 +502,73 @@ def test_check_torch_never_skips_its_identity_check_silently(checked, tiny_hf_di
     result = check_torch(checked, tiny_hf_dir, records=moved)
     assert result.exit_code == 0, result.output
     assert "identity check skipped" in result.output and "--mlx-adapter" in result.output
+
+
+# ---- 6. small usability gaps -----------------------------------------------------------------
+
+
+def test_help_texts_show_the_paths_used_under_mlx_plamo_home(tmp_path):
+    home = tmp_path / "elsewhere"
+    env = {**os.environ, "MLX_PLAMO_HOME": str(home)}
+
+    def help_of(*command: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", *command, "--help"], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return "".join(done.stdout.split())  # click wraps long lines, after a hyphen too
+
+    assert str(home / "models" / "plamo-3-nict-2b-base") in help_of("mlx_plamo3.cli", "eval")
+    assert str(home / "results") in help_of("mlx_plamo3.cli", "report")
+    assert str(home / "adapters") in help_of("mlx_plamo3.cli", "train")
+    assert str(home / "data") in help_of("mlx_plamo3.cli", "data", "build")
+    export_help = help_of("mlx_plamo3.cli", "export")
+    assert str(home / "adapters") in export_help and "artifacts/" not in export_help
+    assert "--mlx-path" in help_of("convert")  # `python -m convert` runs
+    assert "artifacts/" not in help_of("mlx_plamo3.cli", "train")
+
+
+def test_tiny_takes_size_options(tmp_path):
+    result = run(["tiny", str(tmp_path / "t"), "--layers", "2", "--hidden-size", "32"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"]) == (2, 32)
+    assert "next: python -m convert --hf-path" in result.output
+    result = run(["tiny", str(tmp_path / "bad"), "--heads", "3", "--kv-heads", "2"])
+    one_line_error(result, "is not a multiple of num_key_value_heads")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_successful_commands_end_with_the_next_command(adapter_dir, tiny_hf_dir, tmp_path):
+    converted = convert(tiny_hf_dir, tmp_path / "mlx")
+    assert f"next: mlx-plamo generate --model {tmp_path / 'mlx'}" in converted.output
+    data = toy_dataset(tmp_path / "data")
+    records = tmp_path / "results" / "lora.json"
+    common = ["--model", str(tiny_hf_dir), "--data", str(data), "--max-new-tokens", "2"]
+    result = run(["eval", "--adapter", str(adapter_dir), *common, "--out", str(records)])
+    assert result.exit_code == 0, result.output
+    assert f"next: mlx-plamo export --adapter {adapter_dir} --results {records}" in result.output
+    assert f"or: mlx-plamo report --results {records.parent}" in result.output
+    scored = run(["score", str(records)])
+    assert f"next: mlx-plamo report --results {records.parent}" in scored.output
+    peft = tmp_path / "peft"
+    exported = run(
+        ["export", "--adapter", str(adapter_dir), "--out", str(peft), "--results", str(records)]
+    )
+    assert exported.exit_code == 0, exported.output
+    assert (
+        "next: mlx-plamo check-torch --base pfnet/plamo-3-nict-2b-base "
+        f"--adapter {peft} --results {records}"
+    ) in exported.output
+    report = run(
+        [
+            "report",
+            "--results",
+            str(records.parent),
+            "--out",
+            str(tmp_path / "report"),
+            "--no-mlflow",
+        ]
+    )
+    assert report.exit_code == 0, report.output
+    assert f"next: open {tmp_path / 'report' / 'index.html'}" in report.output

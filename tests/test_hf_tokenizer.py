@@ -12,7 +12,6 @@ and so HF == native exactly wherever the best segmentation of every stretch is u
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import shutil
@@ -74,20 +73,30 @@ class Reference:
         )
 
     def stretches(self, text: str) -> list[str]:
-        """Atoms and the text between them (cut again at break runs), in order."""
+        """The stretches segmented apart, in order, found as PFN finds them: specials cut out
+        whole first (transformers), then in each remaining part a mark put around every
+        `<|plamo:...|>` match, then around every break run found in the marked text (so also
+        inside a control that is not cut out whole); the stretches lie between marks."""
         out: list[str] = []
         last = 0
-        for match in CONTROL.finditer(text):
-            out += self._broken(text[last : match.start()])
+        for match in self._special_pattern().finditer(text):
+            out += self._marked(text[last : match.start()])
             out.append(match.group())
             last = match.end()
-        return out + self._broken(text[last:])
+        return out + self._marked(text[last:])
 
-    def _broken(self, text: str) -> list[str]:
-        if self.breaks is None:
-            return [text] if text else []
-        cuts = sorted({0, len(text)} | {i for m in self.breaks.finditer(text) for i in m.span()})
-        return [text[a:b] for a, b in itertools.pairwise(cuts) if b > a]
+    def _special_pattern(self) -> re.Pattern[str]:
+        longest_first = sorted(self.specials, key=len, reverse=True)
+        return re.compile("|".join(map(re.escape, longest_first)) or "(?!)")
+
+    def _marked(self, text: str) -> list[str]:
+        # PFN marks with U+EE00 and drops that character from the input; a character the text
+        # does not hold keeps the input whole.
+        mark = next(chr(c) for c in range(0xEE00, 0xF900) if chr(c) not in text)
+        text = CONTROL.sub(lambda m: mark + m.group() + mark, text)
+        if self.breaks is not None:
+            text = self.breaks.sub(lambda m: mark + m.group() + mark, text)
+        return [part for part in text.split(mark) if part]
 
     def edges(self, text: str) -> list[Edge]:
         out = []
@@ -451,6 +460,7 @@ CROSSING_TEXTS = [
     "<<<|plamo:x|> <|plamo:aaaa|> <|plamo:    |>",
     f"x{TAG}{TAG}yyy{TAG}   z",
     "aaaa bbb cc    d   e  f \n\n\n\n====---- 😀😀😀😀 日日日",
+    "<|plamo:::x|>e<|plamo:aaaaaaaa|>t<|plamo:x>>>|>",  # runs inside controls (PFN breaks them)
 ]
 BREAKS = {
     "break_around_repeated_chars_threshold": 3,

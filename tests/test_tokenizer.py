@@ -222,6 +222,17 @@ def test_repeated_character_runs_are_isolated() -> None:
     assert make_tokenizer(pieces, config).tokenize("aab") == ["a", "a", "b"]
 
 
+def test_runs_inside_a_control_are_isolated_like_pfn() -> None:
+    # PFN finds break runs after marking the `<|plamo:...|>` matches, so a control that is a
+    # piece but holds a long run is not one token; a special token stays whole.
+    tag = "<|plamo:aaaaaaaa|>"
+    pieces = {tag: 0.0, "<|plamo:": -1.0, "|>": -1.0, "a": -1.0}
+    assert make_tokenizer(pieces).tokenize(tag) == [tag]
+    config = {"break_around_repeated_chars_threshold": 8}
+    assert make_tokenizer(pieces, config).tokenize(tag) == ["<|plamo:", *"aaaaaaaa", "|>"]
+    assert make_tokenizer(pieces, {**config, "bos_token": tag}).tokenize(tag) == [tag]
+
+
 def test_space_runs_are_isolated() -> None:
     pieces = {" ": -1.0, "x": -1.0, "  x": -0.5}
     assert make_tokenizer(pieces).tokenize("  x") == ["  x"]

@@ -17,6 +17,7 @@ import yaml
 from click.core import ParameterSource
 
 from mlx_plamo3.errors import USER_ERRORS
+from mlx_plamo3.messages import model_option, next_step, quoted
 from train.config import ConfigError, TrainConfig, base_type, coerce, load_yaml_config, merge_config
 
 # Short spellings besides the generated `--<field-name>`.
@@ -154,4 +155,11 @@ def train_command(
     click.echo(
         f"done: {result.steps}/{result.total_steps} steps, adapter in {result.adapter_dir}"
         + (f", MLflow run {result.run_id}" if result.run_id else "")
+    )
+    data = "" if config.data == "v2" else f" --data {quoted(config.data)}"
+    click.echo(
+        next_step(
+            f"mlx-plamo eval --adapter {quoted(result.adapter_dir)}{model_option(config.model)}"
+            + data
+        )
     )

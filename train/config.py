@@ -20,13 +20,13 @@ import yaml
 from data import resolve_dataset
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.lora import ALL_LINEAR, AdapterError, LoraConfig
-from mlx_plamo3.paths import artifact_dir
+from mlx_plamo3.paths import artifact_dir, default_model_dir
+from mlx_plamo3.paths import mlflow_uri as default_mlflow_uri
 
 DTYPES = ("bfloat16", "float16", "float32")
 # Settings that change how a step is computed, never its result; the memory plan fills in those
 # not given.
 BATCHING = ("max_batch_tokens", "packing", "grad_checkpoint")
-DEFAULT_MODEL_NAME = "plamo-3-nict-2b-base"
 DEFAULT_EXPERIMENT = "plamo3-tool-calling"
 # Param names that could carry credentials never reach MLflow (none exists today; a guard).
 # Matched as whole name parts, so `max_batch_tokens` is kept and `hf_token` is not.
@@ -47,11 +47,11 @@ class TrainConfig:
     # ---- what to train on, where to write -------------------------------------------------
     data: str = setting(
         "v2",
-        "Built dataset: a name under the artifacts root (v2 -> artifacts/data/v2) or a "
-        "directory holding train.jsonl and eval.jsonl.",
+        f"Built dataset: a name under the artifacts root (v2 -> {artifact_dir('data', 'v2')}) "
+        "or a directory holding train.jsonl and eval.jsonl.",
     )
     model: str | None = setting(
-        None, f"Converted MLX model directory [default: artifacts/models/{DEFAULT_MODEL_NAME}]."
+        None, f"Converted MLX model directory [default: {default_model_dir()}]."
     )
     base_model_id: str | None = setting(
         None,
@@ -59,7 +59,7 @@ class TrainConfig:
         "_name_or_path, else the model directory].",
     )
     adapter_path: str | None = setting(
-        None, "Output directory of the adapter [default: artifacts/adapters/<run name>]."
+        None, f"Output directory of the adapter [default: {artifact_dir('adapters')}/<run name>]."
     )
     run_name: str | None = setting(
         None, "Run name for the adapter directory and MLflow [default: plamo3-<data>-r<r>]."
@@ -147,7 +147,7 @@ class TrainConfig:
     # ---- tracking and output -----------------------------------------------------------------
     mlflow: bool = setting(True, "Track the run in MLflow.")
     mlflow_uri: str | None = setting(
-        None, "MLflow tracking URI [default: sqlite:///<artifacts root>/mlflow.db]."
+        None, f"MLflow tracking URI [default: {default_mlflow_uri()}]."
     )
     experiment: str = setting(DEFAULT_EXPERIMENT, "MLflow experiment name.")
     progress: bool = setting(True, "Show a progress bar.")
@@ -167,7 +167,7 @@ class TrainConfig:
 
     def model_dir(self) -> Path:
         """--model, else the converted base under the artifacts root."""
-        return Path(self.model or artifact_dir("models", DEFAULT_MODEL_NAME))
+        return Path(self.model or default_model_dir())
 
     def adapter_dir(self) -> Path:
         """--adapter-path, else artifacts/adapters/<run name>."""
