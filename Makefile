@@ -17,6 +17,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m vulture
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -7,8 +7,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from data.prompt import SYSTEM_PROMPT_PREFIX
+from eval.harness import STUDY_MAX_NEW_TOKENS
 from eval.records import Records
 from eval.scoring import RATE_KEYS, describe_rate, summarize
+from mlx_plamo3.loading import names_hub_repo
 
 PLAMO_LICENSE_NAME = "plamo-community-license"
 # Where PFN publishes the license of the 2B base (the English text).
@@ -112,7 +115,7 @@ messages = [
     {{"role": "user", "content": "What's the weather in Osaka right now?"}},
 ]
 ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-out = model.generate(ids, max_new_tokens=160, do_sample=False)
+out = model.generate(ids, max_new_tokens={STUDY_MAX_NEW_TOKENS}, do_sample=False)
 print(tokenizer.decode(out[0, ids.shape[1]:]).split("<|plamo:tag|>")[0])
 ```"""
 
@@ -129,14 +132,12 @@ def model_card(
     `document` is the MLX adapter config (with its training metadata), `peft_config` the
     exported adapter_config.json, `records` the eval records shipped in `eval/`, and
     `system_prompt_prefix` the instruction the tool list follows (default: the project's)."""
-    from data.prompt import SYSTEM_PROMPT_PREFIX
-    from mlx_plamo3.loading import is_hub_id
 
     base = peft_config["base_model_name_or_path"]
     revision = peft_config.get("revision")
     r, alpha = peft_config["r"], peft_config["lora_alpha"]
     parts = [
-        front_matter(base, is_hub_id(base)),
+        front_matter(base, names_hub_repo(base)),
         "",
         "# PLaMo 3 tool-calling LoRA (trained in MLX)",
         "",
@@ -156,10 +157,10 @@ def model_card(
         parts += [
             f"{n_call} call and {n_nocall} no-call questions, greedy decoding. Each rate is "
             "k/n with its 95% Wilson interval: with so few questions the interval, not the "
-            "point estimate, is the claim. Seed scoring (any JSON object with a `name` counts "
+            "point estimate, is the claim. Study scoring (any JSON object with a `name` counts "
             "as a call):",
             "",
-            eval_table(records, "seed"),
+            eval_table(records, "study"),
             "",
             "Strict scoring (a call also needs an `arguments` object and a listed tool, so "
             "echoed tool schemas do not count):",

@@ -1,5 +1,11 @@
-"""`mlx-plamo export`: an MLX adapter as a Hugging Face PEFT adapter (+ card, eval records),
-optionally the fused model, optionally uploaded to the Hub."""
+"""Command-line entry points of the adapters stage.
+
+`mlx-plamo export`: an MLX adapter as a Hugging Face PEFT adapter (+ card, eval records),
+optionally the fused model, optionally uploaded to the Hub. `mlx-plamo check-torch`: runs
+`adapters.torch_check.run_check`, writes the JSON report (beside the records file unless --out
+says where), prints `format_report`'s text and exits 1 when fewer questions agree than
+--min-agreement requires (all of them by default).
+"""
 
 from __future__ import annotations
 
@@ -9,21 +15,28 @@ from pathlib import Path
 
 import click
 
-from adapters.fuse import FUSE_WRITER
-from adapters.peft import DEFAULT_BASE_MODEL, EXPORT_DTYPES, EXPORT_WRITER
+from adapters.divergence import DEFAULT_TIE_MARGIN
+from adapters.export import EXPORT_WRITER, export_peft
+from adapters.fuse import FUSE_WRITER, fuse_adapter
+from adapters.hub import HubError, check_repo_id, hub_token, push_folder
+from adapters.torch_check import CheckSetup, format_report, run_check
+from adapters.torch_side import DEVICES
+from eval.harness import CONDITIONS
+from eval.records import load_records
 from mlx_plamo3.errors import USER_ERRORS
-from mlx_plamo3.io import OUTPUT_MARKER, OutputDirectoryError, check_replaceable
-from mlx_plamo3.lora import warn_other_base
+from mlx_plamo3.io import OUTPUT_MARKER, OutputDirectoryError, atomic_write_json, check_replaceable
+from mlx_plamo3.loading import names_hub_repo, read_config
+from mlx_plamo3.lora import read_adapter_config, warn_other_base
 from mlx_plamo3.messages import next_step, quoted
+from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.paths import artifact_dir, default_model_dir
-
-RESULT_CONDITIONS = ("base", "base-fewshot", "lora")
+from mlx_plamo3.peft import DEFAULT_BASE_MODEL, EXPORT_DTYPES, base_model_of, load_mlx_adapter
 
 
 def default_results() -> list[Path]:
     """The eval records under artifacts/results that exist, base conditions first."""
 
-    candidates = [artifact_dir("results", f"{c}.json") for c in RESULT_CONDITIONS]
+    candidates = [artifact_dir("results", f"{c}.json") for c in CONDITIONS]
     return [p for p in candidates if p.is_file()]
 
 
@@ -153,7 +166,6 @@ def export_command(
     Writes adapter_model.safetensors (lora_A [r, in], lora_B [out, r] under
     base_model.model.<module path>), adapter_config.json, a model card README.md and the eval
     records, so `peft.PeftModel.from_pretrained` loads it on top of the PLaMo 3 base."""
-    from adapters.hub import HubError, check_repo_id, hub_token
 
     if private and not repo_id:
         raise click.UsageError("--private only makes sense with --push-to-hub")
@@ -187,8 +199,6 @@ def export_command(
         click.echo(f"exported {adapter_dir} -> {out} ({dtype}) in {seconds:.2f} s")
         click.echo("\n".join(directory_listing(out)))
         if fused:
-            from adapters.fuse import fuse_adapter
-
             started = time.perf_counter()
             # check_fits_base has refused, or warned about, another base already.
             fuse_adapter(
@@ -201,8 +211,6 @@ def export_command(
         raise click.ClickException(str(exc)) from None
 
     if repo_id:
-        from adapters.hub import push_folder
-
         try:
             url = push_folder(out, repo_id, token, private=private)
         except HubError as exc:
@@ -221,13 +229,10 @@ def export_adapter(
     force: bool,
     repo_id: str | None,
 ) -> None:
-    from adapters.peft import base_model_of, export_peft
-    from mlx_plamo3.loading import is_hub_id
-    from mlx_plamo3.lora import read_adapter_config
 
     _, document = read_adapter_config(adapter_dir)
     base = base_model_of(document, base_model)
-    if not is_hub_id(base):
+    if not names_hub_repo(base):
         click.secho(
             f"note: base_model_name_or_path is {base!r}, not a Hub id; pass --base-model "
             "org/name so others can load the adapter",
@@ -240,9 +245,6 @@ def export_adapter(
 def check_torch_command_line(adapter_dir: Path, out: Path, records: list[Path]) -> str:
     """The check-torch run that proves this export: the base checkpoint the adapter names, the
     export, and the records of this adapter's eval among `records`."""
-    from adapters.peft import base_model_of
-    from eval.records import load_records
-    from mlx_plamo3.lora import read_adapter_config
 
     _, document = read_adapter_config(adapter_dir)
     base = base_model_of(document, None)
@@ -262,9 +264,155 @@ def check_fits_base(
     adapter_dir: Path, base_dir: Path, on_other_base: Callable[[str], None] | None
 ) -> None:
     """Refuse an adapter that does not fit `base_dir` (fingerprints, rank, targets, shapes)."""
-    from adapters.peft import load_mlx_adapter
-    from mlx_plamo3.loading import read_config
-    from mlx_plamo3.model import ModelArgs
 
     args = ModelArgs.from_dict(read_config(base_dir), source=str(base_dir / "config.json"))
     load_mlx_adapter(adapter_dir, args, base_dir, on_other_base)
+
+
+# ---- `mlx-plamo check-torch` -----------------------------------------------------------------
+
+
+def default_report_path(results: Path) -> Path:
+    return results.with_name(f"{results.stem}.torch-check.json")
+
+
+@click.command(name="check-torch", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--base",
+    required=True,
+    help="Base model: a Hugging Face checkpoint directory or a Hub id (org/name).",
+)
+@click.option(
+    "--adapter",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="PEFT adapter directory (from `mlx-plamo export`).",
+)
+@click.option(
+    "--results",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="MLX eval records file (from `mlx-plamo eval`) to compare with.",
+)
+@click.option(
+    "--data",
+    default="v2",
+    show_default=True,
+    help="Dataset recipe name or directory whose eval.jsonl holds the records' prompts.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="cpu",
+    show_default=True,
+    help="PyTorch device.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(EXPORT_DTYPES),
+    default="float32",
+    show_default=True,
+    help="PyTorch dtype of the base weights (bf16 disagreements are often near-ties).",
+)
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Run the checkpoint's own modeling code (transformers AutoModel) instead of the "
+    "project's PyTorch reference. Only for checkpoints you trust: it executes their code.",
+)
+@click.option(
+    "--mlx-adapter",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="MLX adapter the records were made with, to confirm the PEFT adapter is its export "
+    "[the records' summary 'adapter', if it exists].",
+)
+@click.option(
+    "--fewshot/--no-fewshot",
+    default=None,
+    help="Insert the study's 2-shot turns [only for base-fewshot records].",
+)
+@click.option(
+    "--min-agreement",
+    type=click.IntRange(min=0),
+    help="Fail (exit 1) when fewer questions agree [all of them].",
+)
+@click.option(
+    "--tie-margin",
+    type=float,
+    default=DEFAULT_TIE_MARGIN,
+    show_default=True,
+    help="A disagreement whose logit margin is at most this is reported as a near-tie.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Compare only the first N questions of the records (a quick check) [all].",
+)
+@click.option(
+    "--allow-other-base",
+    is_flag=True,
+    help="Compare even when the adapter or the records were made on another base of the same "
+    "shape than --base, with a warning (refused by default: their base weights fingerprint "
+    "differs, so disagreements would say nothing about the port).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON report [<results>.torch-check.json beside the results file].",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def check_torch_command(
+    base: str,
+    adapter: Path,
+    results: Path,
+    data: str,
+    device: str,
+    dtype: str,
+    trust_remote_code: bool,
+    mlx_adapter: Path | None,
+    fewshot: bool | None,
+    min_agreement: int | None,
+    tie_margin: float,
+    limit: int | None,
+    allow_other_base: bool,
+    out: Path | None,
+    quiet: bool,
+) -> None:
+    """Rerun the MLX eval in PyTorch with the PEFT adapter and compare, question by question.
+
+    Exits 1 when fewer than --min-agreement questions produce identical outputs."""
+
+    setup = CheckSetup(
+        base=base,
+        adapter=adapter,
+        results=results,
+        data=data,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        mlx_adapter=mlx_adapter,
+        fewshot=fewshot,
+        tie_margin=tie_margin,
+        limit=limit,
+        allow_other_base=allow_other_base,
+    )
+    try:
+        report = run_check(setup, progress=not quiet)
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
+    required = report["n"] if min_agreement is None else min_agreement
+    report["min_agreement"] = required
+    report["passed"] = report["agree"] >= required
+    out = out or default_report_path(results)
+    atomic_write_json(out, report)
+    click.echo(format_report(report, required))
+    click.echo(f"report written to {out}")
+    if report["passed"] and report["mlx_adapter_checked"]:
+        publish = f"mlx-plamo export --adapter {quoted(report['mlx_adapter_checked'])}"
+        click.echo(next_step(f"{publish} --push-to-hub <user>/<name>  (publish it)"))
+    if not report["passed"]:
+        click.echo(
+            f"check-torch FAILED: {report['agree']}/{report['n']} agree, {required} required",
+            err=True,
+        )
+        raise SystemExit(1)

@@ -15,13 +15,19 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from adapters.peft import EXPORT_DTYPES, load_mlx_adapter, module_of
-from mlx_plamo3.io import atomic_directory
-from mlx_plamo3.lora import AdapterError
-from mlx_plamo3.model import ModelArgs
+import mlx.core as mx
 
-FUSED_WEIGHTS = "model.safetensors"
-FUSED_INDEX = "model.safetensors.index.json"
+from mlx_plamo3.io import atomic_directory
+from mlx_plamo3.loading import (
+    read_config,
+    read_safetensors_header,
+    rewrite_shards,
+    weight_files,
+)
+from mlx_plamo3.lora import AdapterError
+from mlx_plamo3.model import Model, ModelArgs
+from mlx_plamo3.peft import EXPORT_DTYPES, load_mlx_adapter, module_of
+
 # Files that travel with the weights: tokenizer, chat template, generation settings, the
 # checkpoint's own code (for trust_remote_code users) and its license.
 SUPPORT_PATTERNS = (
@@ -38,8 +44,6 @@ FUSE_WRITER = "mlx-plamo export --fused"  # names its output directories (mlx_pl
 
 def merge_weight(weight: Any, lora_a: Any, lora_b: Any, scale: float) -> Any:
     """W [out, in] + scale * (lora_a [in, r] @ lora_b [r, out]).T, in fp32."""
-    import mlx.core as mx
-
     delta = lora_a.astype(mx.float32) @ lora_b.astype(mx.float32)
     return weight.astype(mx.float32) + scale * delta.T
 
@@ -60,16 +64,10 @@ def fused_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     return out
 
 
-def shard_name(index: int, count: int) -> str:
-    return FUSED_WEIGHTS if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
-
-
 def dequantize_shard(
     weights: dict[str, Any], quantization: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Full-precision weights for the modules a (MLX-)quantized shard stores quantized."""
-    import mlx.core as mx
-
     quantized = {k.removesuffix(".scales") for k in weights if k.endswith(".scales")}
     if not quantized:
         return weights
@@ -102,12 +100,6 @@ def fuse_adapter(
 ) -> Path:
     """Write the base with the adapter merged in, in Hugging Face layout, to `out_dir`.
     `on_other_base`: see `check_same_base` (an adapter trained on another same-shape base)."""
-    import mlx.core as mx
-
-    from mlx_plamo3.io import atomic_write_json
-    from mlx_plamo3.loading import read_config, read_safetensors_header, weight_files
-    from mlx_plamo3.model import Model
-
     if dtype not in EXPORT_DTYPES:
         raise AdapterError(f"unknown dtype {dtype!r}; choose one of {EXPORT_DTYPES}")
     adapter_dir, base_dir, out_dir = Path(adapter_dir), Path(base_dir), Path(out_dir)
@@ -124,30 +116,22 @@ def fuse_adapter(
 
     sanitizer = Model(args)  # its sanitize() drops a tied lm_head and RoPE buffers
     target = getattr(mx, dtype)
-    weight_map: dict[str, str] = {}
-    total = 0
-    iterate = progress or (lambda items: items)
+
+    def transform(shard: dict[str, mx.array]) -> dict[str, mx.array]:
+        shard = dequantize_shard(sanitizer.sanitize(shard), args.quantization)
+        for module in modules:
+            key = f"{module}.weight"
+            if key in shard:
+                shard[key] = merge_weight(
+                    shard[key], lora[f"{module}.lora_a"], lora[f"{module}.lora_b"], config.scale
+                )
+        return {
+            k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v
+            for k, v in shard.items()
+        }
+
     with atomic_directory(out_dir, FUSE_WRITER, force=force) as staging:
-        for index, file in enumerate(iterate(files)):
-            shard = dequantize_shard(sanitizer.sanitize(mx.load(str(file))), args.quantization)
-            for module in modules:
-                key = f"{module}.weight"
-                if key in shard:
-                    shard[key] = merge_weight(
-                        shard[key], lora[f"{module}.lora_a"], lora[f"{module}.lora_b"], config.scale
-                    )
-            shard = {
-                k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v
-                for k, v in shard.items()
-            }
-            name = shard_name(index, len(files))
-            mx.save_safetensors(str(staging / name), shard, metadata={"format": "pt"})
-            weight_map |= dict.fromkeys(shard, name)
-            total += sum(v.nbytes for v in shard.values())
-            del shard
-        if len(files) > 1:
-            index_doc = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            atomic_write_json(staging / FUSED_INDEX, index_doc)
+        rewrite_shards(files, staging, transform, "pt", progress or (lambda files: files))
         for path in support_files(base_dir):
             shutil.copy2(path, staging / path.name)
         (staging / "config.json").write_text(

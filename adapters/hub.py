@@ -7,15 +7,13 @@ doing any work, so a missing login fails in a second, not after an export.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from huggingface_hub import HfApi, get_token
 
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import OUTPUT_MARKER
-
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+from mlx_plamo3.loading import is_hub_id
 
 
 class HubError(PlamoError, RuntimeError):
@@ -23,7 +21,7 @@ class HubError(PlamoError, RuntimeError):
 
 
 def check_repo_id(repo_id: str) -> str:
-    if not REPO_ID.match(repo_id) or ".." in repo_id:
+    if not is_hub_id(repo_id):
         raise HubError(f"--push-to-hub wants a repo id 'user/name', got {repo_id!r}")
     return repo_id
 

@@ -53,6 +53,7 @@ from benchmarks.common import (
     summary,
     write_report,
 )
+from convert.tiny_vocab import write_tiny_tokenizer
 
 NAME = "bench_convert"
 # The real checkpoint's layout (benchmarks/common.py, [shards]): tensors grouped by kind
@@ -114,8 +115,6 @@ def shard_layout(
 def write_random_checkpoint(out_dir: Path, config: dict[str, Any], seed: int = 0) -> dict:
     """A random bf16 HF-layout checkpoint, sharded like the real one, with an index; stats."""
     import mlx.core as mx
-
-    from convert.tiny_vocab import write_tiny_tokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
     mx.random.seed(seed)

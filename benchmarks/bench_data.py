@@ -38,6 +38,7 @@ from benchmarks.common import (
     run_child,
     write_report,
 )
+from data.build import BuildConfig, build_dataset
 from data.labels import to_candidate
 from data.sources import parse_row
 
@@ -82,8 +83,6 @@ def bench_parse(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def child(kind: str, source: str, out: str) -> None:
     """Runs in a fresh interpreter so its peak RSS is this measurement's alone."""
-    from data.build import BuildConfig, build_dataset
-
     baseline = own_peak_rss_bytes() / 2**20
     start = time.perf_counter()
     if kind == "json_load":

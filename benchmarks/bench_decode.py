@@ -50,6 +50,10 @@ from benchmarks.common import (
     summary,
     write_report,
 )
+from convert.tiny import TINY_CONFIG
+from convert.tiny_vocab import tiny_vocab_rows
+from mlx_plamo3.generate import SamplingConfig, generate
+from mlx_plamo3.model import Model, ModelArgs
 
 NAME = "bench_decode"
 DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
@@ -59,16 +63,11 @@ SEED_LLAMA_CPP_M4PRO = {1: 79, 2: 148, 4: 178, 8: 182, 16: 391}
 
 
 def tiny_config() -> dict[str, Any]:
-    from convert.tiny import TINY_CONFIG
-    from convert.tiny_vocab import tiny_vocab_rows
-
     return {**TINY_CONFIG, "vocab_size": len(tiny_vocab_rows())}
 
 
 def build_models(config: dict[str, Any], dtype: mx.Dtype, with_mlx_lm: bool, seed: int = 0):
     """Our model with random weights, and mlx-lm's plamo3 model holding the same arrays."""
-    from mlx_plamo3.model import Model, ModelArgs
-
     mx.random.seed(seed)
     ours = Model(ModelArgs.from_dict(config))
     ours.set_dtype(dtype)
@@ -86,8 +85,6 @@ def build_models(config: dict[str, Any], dtype: mx.Dtype, with_mlx_lm: bool, see
 
 
 def ours_generate(model, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-    from mlx_plamo3.generate import SamplingConfig, generate
-
     return generate(
         model,
         prompts,

@@ -46,6 +46,9 @@ from benchmarks.common import (
     summary,
     write_report,
 )
+from convert.tiny import write_tiny_checkpoint
+from eval.harness import run_eval
+from mlx_plamo3.loading import load
 
 NAME = "bench_eval"
 SAMPLE_SOURCE = REPO_ROOT / "data" / "samples" / "llamafactory_glaive_toolcall_en_demo.json"
@@ -56,7 +59,7 @@ def build_eval_rows(out_dir: Path, source: Path) -> list[dict[str, Any]]:
     command = [
         sys.executable,
         "-m",
-        "mlx_plamo3.cli",
+        "commands",
         "data",
         "build",
         "--recipe",
@@ -93,10 +96,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
-
-    from convert.tiny import write_tiny_checkpoint
-    from eval.harness import run_eval
-    from mlx_plamo3.loading import load
 
     with WorkDir(args.work_dir, "bench_eval_") as work:
         if args.eval_file is not None:

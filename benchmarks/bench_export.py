@@ -4,7 +4,7 @@ Run from the repository root:
     python -m benchmarks.bench_export [--repeats 3] [--rank 16]
 
 An MLX adapter (r=16 on all four linear layers of all 24 layers, random non-zero factors) is
-written in the trainer's format, then `adapters.peft.export_peft` runs for each export dtype;
+written in the trainer's format, then `adapters.export.export_peft` runs for each export dtype;
 the median wall time over repeats and the size of adapter_model.safetensors are reported, with
 the time to read the export back and check it fits the base config.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from adapters.export import export_peft
 from benchmarks.common import (
     WorkDir,
     add_common_args,
@@ -31,6 +32,22 @@ from benchmarks.common import (
     summary,
     write_report,
 )
+from mlx_plamo3.io import atomic_save_safetensors, atomic_write_json
+from mlx_plamo3.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_FORMAT,
+    ADAPTER_WEIGHTS,
+    LoraConfig,
+    base_fingerprint,
+)
+from mlx_plamo3.model import ModelArgs
+from mlx_plamo3.peft import (
+    EXPORT_DTYPES,
+    PEFT_WEIGHTS,
+    check_peft_fits_base,
+    expected_mlx_shapes,
+    read_peft_adapter,
+)
 
 NAME = "bench_export"
 
@@ -38,17 +55,6 @@ NAME = "bench_export"
 def write_random_adapter(out_dir: Path, config: dict, rank: int) -> int:
     """An MLX adapter in the trainer's format with random factors; returns its parameters."""
     import mlx.core as mx
-
-    from adapters.peft import expected_mlx_shapes
-    from mlx_plamo3.io import atomic_save_safetensors, atomic_write_json
-    from mlx_plamo3.lora import (
-        ADAPTER_CONFIG,
-        ADAPTER_FORMAT,
-        ADAPTER_WEIGHTS,
-        LoraConfig,
-        base_fingerprint,
-    )
-    from mlx_plamo3.model import ModelArgs
 
     args = ModelArgs.from_dict(config)
     lora = LoraConfig(r=rank)
@@ -77,15 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_shape_arg(parser)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank")
     args = parser.parse_args(argv)
-
-    from adapters.peft import (
-        EXPORT_DTYPES,
-        PEFT_WEIGHTS,
-        check_peft_fits_base,
-        export_peft,
-        read_peft_adapter,
-    )
-    from mlx_plamo3.model import ModelArgs
 
     started = time.perf_counter()
     config = real_config(shape=args.shape)

@@ -39,7 +39,6 @@ from benchmarks.common import (
     emit_result,
     gib,
     lora_param_count,
-    lora_training,
     mlx_device,
     own_peak_rss_bytes,
     param_count,
@@ -51,6 +50,11 @@ from benchmarks.common import (
     run_child,
     write_report,
 )
+from benchmarks.training import lora_training
+from mlx_plamo3.model import Model, ModelArgs
+from train.batches import Example, micro_batches, pass_shapes
+from train.config import TrainConfig
+from train.memory import Planner
 
 NAME = "bench_memory"
 BASES = ("bf16", "4bit")
@@ -65,8 +69,6 @@ def build_model(
     their width allows, as `python -m convert --quantize` does."""
     import mlx.core as mx
     import mlx.nn as nn
-
-    from mlx_plamo3.model import Model, ModelArgs
 
     mx.random.seed(seed)
     model = Model(ModelArgs.from_dict(config))  # lazy: nothing is computed yet
@@ -92,8 +94,6 @@ def synthetic_example(seq_len: int, supervised: int, vocab: int, seed: int = 0):
     """One example of seq_len inputs (seq_len + 1 ids) whose last `supervised` targets count."""
     import numpy as np
 
-    from train.batches import Example
-
     rng = np.random.default_rng(seed)
     ids = tuple(int(i) for i in rng.integers(4, vocab, seq_len + 1))
     mask = tuple([False] * (seq_len + 1 - supervised) + [True] * supervised)
@@ -104,11 +104,6 @@ def worker(args: argparse.Namespace) -> None:
     """One case, in this process; prints its measurements as a BENCH_RESULT line."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
-
-    from mlx_plamo3.model import ModelArgs
-    from train.batches import micro_batches, pass_shapes
-    from train.config import TrainConfig
-    from train.memory import Planner
 
     config = real_config(args.layers, args.shape)
     cfg = TrainConfig(

@@ -27,10 +27,10 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_memory import build_model
 from benchmarks.common import (
     add_common_args,
     emit_result,
-    lora_training,
     parse_result_line,
     print_table,
     python_command,
@@ -38,6 +38,11 @@ from benchmarks.common import (
     run_child,
     write_report,
 )
+from benchmarks.training import lora_training
+from mlx_plamo3.model import ModelArgs
+from train.batches import Example, micro_batches, pass_shapes
+from train.config import TrainConfig
+from train.memory import Planner
 
 NAME = "bench_memory_plan"
 LENGTHS = (500, 480, 470, 450)
@@ -85,12 +90,6 @@ def measure_step(
 
     import mlx.core as mx
     import numpy as np
-
-    from benchmarks.bench_memory import build_model
-    from mlx_plamo3.model import ModelArgs
-    from train.batches import Example, micro_batches, pass_shapes
-    from train.config import TrainConfig
-    from train.memory import Planner
 
     cfg = TrainConfig(grad_checkpoint=grad_checkpoint, max_batch_tokens=max_batch_tokens)
     rng = np.random.default_rng(0)

@@ -22,6 +22,11 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import add_common_args, print_table, real_config, write_report
+from mlx_plamo3.lora import LoraConfig
+from mlx_plamo3.memory import GIB
+from mlx_plamo3.model import ModelArgs
+from train.batches import Example, PassShape
+from train.memory import Planner
 
 NAME = "bench_plan"
 MACS_GB = (16, 24, 36, 48)
@@ -31,8 +36,6 @@ QUANTIZATION = {"group_size": 64, "bits": 4}
 
 def synthetic_steps(n_steps: int, seed: int):
     import numpy as np
-
-    from train.batches import Example
 
     rng = np.random.default_rng(seed)
     steps = []
@@ -47,12 +50,6 @@ def synthetic_steps(n_steps: int, seed: int):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mlx_plamo3.lora import LoraConfig
-    from mlx_plamo3.memory import GIB
-    from mlx_plamo3.model import ModelArgs
-    from train.batches import PassShape
-    from train.memory import Planner
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, NAME, repeats=None, work_dir=False)
     parser.add_argument("--steps", type=int, default=50, help="synthetic optimizer steps")

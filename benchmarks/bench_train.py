@@ -62,6 +62,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_eval import build_eval_rows
 from benchmarks.common import (
     REPO_ROOT,
     WorkDir,
@@ -82,6 +83,9 @@ from benchmarks.common import (
     torch_device,
     write_report,
 )
+from mlx_plamo3.tokenizer import Plamo3Tokenizer
+from train.config import TrainConfig
+from train.trainer import Trainer, memory_plan
 
 NAME = "bench_train"
 COMPETITORS = ("ours", "ours-nopack", "mlx_lm", "torch")
@@ -107,9 +111,6 @@ def prepare_model(work: Path, layers: int, shape: str) -> Path:
 
 def prepare_data(work: Path, model_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     """The data directory and the tokenized examples every competitor trains on."""
-    from benchmarks.bench_eval import build_eval_rows
-    from mlx_plamo3.tokenizer import Plamo3Tokenizer
-
     built = work / "built"
     if not (built / "train.jsonl").exists():
         build_eval_rows(built, args.source)
@@ -140,8 +141,6 @@ def ours_config(
 ) -> Any:
     """Our trainer's config for this benchmark; the batching settings left to the plan are
     None unless the arguments fix them."""
-    from train.config import TrainConfig
-
     return TrainConfig(
         data=str(work / "data"),
         model=str(model_dir),
@@ -179,8 +178,6 @@ def config_only(model_dir: Path, out: Path, layers: int) -> Path:
 
 def planned_settings(work: Path, model_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     """What the memory plan chooses for this model, data and machine (flags given win)."""
-    from train.trainer import memory_plan
-
     config = ours_config(work, model_dir, args, packing=None)
     plan = memory_plan(config, log=lambda message: None)
     return {
@@ -192,24 +189,11 @@ def planned_settings(work: Path, model_dir: Path, args: argparse.Namespace) -> d
     }
 
 
-def step_token_counts(examples: list[dict], per_step: int) -> list[tuple[int, int]]:
-    """(input tokens, supervised targets) of each optimizer step, as our trainer counts them."""
-    counts = []
-    for start in range(0, len(examples), per_step):
-        chunk = examples[start : start + per_step]
-        counts.append(
-            (sum(len(e["ids"]) - 1 for e in chunk), sum(sum(e["mask"][1:]) for e in chunk))
-        )
-    return counts
-
-
 # ---- workers (children) ------------------------------------------------------------------------
 
 
 def worker_ours(work: Path, args: argparse.Namespace, packing: bool) -> dict[str, Any]:
     import mlx.core as mx
-
-    from train.trainer import Trainer
 
     config = ours_config(work, args.model_dir, args, packing)
     history = []
@@ -326,6 +310,8 @@ def worker_torch(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from torch.utils.checkpoint import checkpoint
 
+    # torch is optional: torch_reference imports it at its top, and only this competitor needs it
+    # (the other workers would carry torch's import time and memory in their measurements).
     from mlx_plamo3.torch_reference import load_reference
 
     device = torch_device()

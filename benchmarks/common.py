@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlx_plamo3.io import atomic_write_json
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPORT_DIR = Path("artifacts") / "reports"
 
@@ -198,51 +200,6 @@ def ratio(numerator: float, denominator: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------
-# The trainer's own step, for benchmarks that build their model themselves
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoraTraining:
-    """The trainer's pieces on a model: LoRA, keyed dropout, AdamW and the step functions."""
-
-    model: Any
-    optimizer: Any
-    keys: Any  # train.layers.ForwardKeys
-    loss_and_grad: Callable[..., Any]
-    apply_update: Callable[[Any], None]
-
-    def step(self, batches: Sequence[Any], seed: int, step_index: int) -> Any:
-        """One optimizer step over a step's passes, as `Trainer.run_step` computes it; the loss."""
-        import mlx.core as mx
-
-        from train.trainer import accumulate_passes
-
-        loss, grads = accumulate_passes(self.loss_and_grad, batches, seed, step_index)
-        self.apply_update(grads)
-        mx.eval(self.model.trainable_parameters(), self.optimizer.state)
-        return loss
-
-
-def lora_training(model: Any, cfg: Any, total_steps: int) -> LoraTraining:
-    """LoRA from `cfg` (initialized from cfg.seed, as the trainer does) on `model`, in train mode,
-    with the trainer's optimizer and step functions for `total_steps` steps."""
-    import mlx.core as mx
-
-    from mlx_plamo3.lora import apply_lora
-    from train.layers import prepare_for_training
-    from train.trainer import make_optimizer, step_functions
-
-    mx.random.seed(cfg.seed)
-    apply_lora(model, cfg.lora_config())
-    keys = prepare_for_training(model, cfg.lora_dropout)
-    model.train()
-    optimizer = make_optimizer(cfg, total_steps)
-    optimizer.init(model.trainable_parameters())
-    return LoraTraining(model, optimizer, keys, *step_functions(model, optimizer, keys, cfg))
-
-
-# --------------------------------------------------------------------------------------------
 # Child processes: wall time and peak resident memory
 # --------------------------------------------------------------------------------------------
 
@@ -403,12 +360,6 @@ def mlx_device() -> str:
     return str(mx.default_device())
 
 
-def mlx_on_gpu() -> bool:
-    import mlx.core as mx
-
-    return mx.default_device().type == mx.DeviceType.gpu
-
-
 def torch_device() -> str:
     """cuda, then mps, then cpu."""
     import torch
@@ -418,18 +369,6 @@ def torch_device() -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
-
-
-def mlx_peak_memory() -> int:
-    import mlx.core as mx
-
-    return int(mx.get_peak_memory())
-
-
-def mlx_reset_peak_memory() -> None:
-    import mlx.core as mx
-
-    mx.reset_peak_memory()
 
 
 def _cpu_model() -> str:
@@ -557,8 +496,6 @@ def write_report(
     started: float | None = None,
 ) -> Path:
     """Write the benchmark's JSON document (default artifacts/reports/<name>.json)."""
-    from mlx_plamo3.io import atomic_write_json
-
     path = out or DEFAULT_REPORT_DIR / f"{name}.json"
     doc = {
         "benchmark": name,
@@ -614,9 +551,3 @@ class WorkDir:
     def __exit__(self, *exc: object) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
-
-
-def ensure_repo_on_path() -> None:
-    """Make the repository's packages importable when a benchmark runs as a plain script."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))

@@ -35,18 +35,26 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_train import SAMPLE_SOURCE, prepare_data, prepare_model
 from benchmarks.common import (
     WorkDir,
     add_common_args,
     add_shape_arg,
     blas_note,
-    lora_training,
     median,
     mlx_device,
     print_table,
     time_calls,
     write_report,
 )
+from benchmarks.training import lora_training
+from mlx_plamo3.loading import load_model
+from mlx_plamo3.lora import LoRALinear, lora_branch
+from mlx_plamo3.model import KeyMeta
+from train.batches import Example, micro_batches
+from train.config import TrainConfig
+from train.layers import pass_key
+from train.loss import scored_loss
 
 NAME = "profile_train_step"
 
@@ -54,15 +62,6 @@ NAME = "profile_train_step"
 def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import mlx.core as mx
     import mlx.nn as nn
-
-    from benchmarks.bench_train import prepare_data, prepare_model
-    from mlx_plamo3.loading import load_model
-    from mlx_plamo3.lora import LoRALinear, lora_branch
-    from mlx_plamo3.model import KeyMeta
-    from train.batches import Example, micro_batches
-    from train.config import TrainConfig
-    from train.layers import pass_key
-    from train.loss import scored_loss
 
     model_dir = prepare_model(work, args.layers, args.shape)
     examples = [
@@ -198,8 +197,6 @@ def profile(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from benchmarks.bench_train import SAMPLE_SOURCE
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, NAME, repeats=3)
     add_shape_arg(parser)

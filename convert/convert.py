@@ -12,6 +12,7 @@ import errno
 import json
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from convert.hf_tokenizer import write_hf_tokenizer
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.io import atomic_directory, check_replaceable
 from mlx_plamo3.loading import (
+    DTYPES,
     TOKENIZER_FILES,
     CheckpointError,
     build_model,
@@ -31,13 +33,13 @@ from mlx_plamo3.loading import (
     read_config,
     read_safetensors_header,
     resolve_model_path,
+    rewrite_shards,
     weight_files,
 )
 from mlx_plamo3.model import Model, ModelArgs
 from mlx_plamo3.tokenizer import VOCAB_FILE
 
 CONVERT_WRITER = "python -m convert"  # names its output directories (mlx_plamo3.io)
-DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 
 
 def quantizable_paths(model: Model, group_size: int) -> set[str]:
@@ -147,26 +149,13 @@ def convert_checkpoint(
     quantization = {"group_size": q_group_size, "bits": q_bits} if quantize else None
     quantize_paths = quantizable_paths(plain, q_group_size) if quantize else set()
 
-    weight_map: dict[str, str] = {}
-    total_bytes = 0
+    def transform(shard: dict[str, mx.array]) -> dict[str, mx.array]:
+        return convert_shard(plain.sanitize(shard), DTYPES[dtype], quantize_paths, quantization)
+
     try:
         with atomic_directory(mlx_path, CONVERT_WRITER, force=force) as staging:
-            for index, file in enumerate(progress(files, desc="converting shards", unit="shard")):
-                name = (
-                    "model.safetensors"
-                    if len(files) == 1
-                    else f"model-{index + 1:05d}-of-{len(files):05d}.safetensors"
-                )
-                shard = plain.sanitize(mx.load(str(file)))
-                converted = convert_shard(shard, DTYPES[dtype], quantize_paths, quantization)
-                mx.save_safetensors(str(staging / name), converted, metadata={"format": "mlx"})
-                weight_map |= dict.fromkeys(converted, name)
-                total_bytes += sum(v.nbytes for v in converted.values())
-                del shard, converted
-            index_doc = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
-            (staging / "model.safetensors.index.json").write_text(
-                json.dumps(index_doc, indent=2, sort_keys=True) + "\n"
-            )
+            shards = partial(progress, desc="converting shards", unit="shard")
+            rewrite_shards(files, staging, transform, "mlx", shards)
             copy_support_files(source, staging)
             (staging / "config.json").write_text(
                 json.dumps(

@@ -8,19 +8,14 @@ a seed; no torch needed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 from safetensors.numpy import save_file
 
 from convert.tiny_vocab import write_tiny_tokenizer
-from mlx_plamo3.errors import USER_ERRORS
 from mlx_plamo3.io import atomic_directory
-from mlx_plamo3.messages import next_step, quoted
-from mlx_plamo3.model import ModelArgs
 
 TINY_CONFIG: dict[str, Any] = {
     "architectures": ["Plamo3ForCausalLM"],
@@ -99,41 +94,3 @@ def write_tiny_checkpoint(
         save_file(tiny_weights(config, seed), str(staging / "model.safetensors"), {"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out_dir
-
-
-def size_option(flag: str, key: str, what: str) -> Callable[[Callable], Callable]:
-    return click.option(
-        flag,
-        key,
-        type=click.IntRange(min=1),
-        default=TINY_CONFIG[key],
-        show_default=True,
-        help=what,
-    )
-
-
-@click.command(name="tiny", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True, help="Random seed; same seed, same bytes.")
-@size_option("--hidden-size", "hidden_size", "Width of the residual stream.")
-@size_option("--layers", "num_hidden_layers", "Decoder layers.")
-@size_option("--heads", "num_attention_heads", "Query heads.")
-@size_option("--kv-heads", "num_key_value_heads", "Key/value heads (must divide --heads).")
-@size_option("--head-dim", "head_dim", "Width of one head (even, for RoPE).")
-@size_option("--intermediate-size", "intermediate_size", "Width of the MLP.")
-@size_option("--window", "window_size", "Sliding-window length of the local layers.")
-@click.option("--force", is_flag=True, help="Replace OUT if an earlier `tiny` wrote it.")
-def tiny_command(out: Path, seed: int, force: bool, **sizes: int) -> None:
-    """Write a small random PLaMo 3 checkpoint to OUT in Hugging Face layout.
-
-    By default it has 4 layers (3 sliding over a 16-token window, 1 full), tied embeddings,
-    the real tokenizer file format with a small vocabulary, and the chat template. Its outputs
-    mean nothing; it exists so that every stage can run offline in seconds.
-    """
-    try:
-        ModelArgs.from_dict({**TINY_CONFIG, "vocab_size": 1, **sizes}, source="the sizes given")
-        write_tiny_checkpoint(out, seed=seed, force=force, **sizes)
-    except USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(f"wrote tiny PLaMo 3 checkpoint to {out}")
-    click.echo(next_step(f"python -m convert --hf-path {quoted(out)} --mlx-path <mlx model dir>"))

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlx_plamo3.chat_template import TEMPLATE_FILE, default_chat_template
 from mlx_plamo3.io import atomic_write_json, atomic_write_text
-from mlx_plamo3.tokenizer import CONFIG_FILE, TEMPLATE_FILE, VOCAB_FILE, default_chat_template
+from mlx_plamo3.tokenizer import CONFIG_FILE, VOCAB_FILE
 
 CONTROL_SLOTS = 32
 PINNED_CONTROLS = {
@@ -32,7 +33,7 @@ PINNED_CONTROLS = {
     19: ("<|plamo:msg|>", "CONTROL"),
     31: ("<|plamo:constrain|>", "CONTROL"),
 }
-# The seed study's other undocumented controls; their real ids are unknown.
+# The study's other undocumented controls; their real ids are unknown.
 FREE_CONTROLS = (
     "<|plamo:key|>",
     "<|plamo:val|>",

@@ -1,5 +1,5 @@
-"""The label audit: what the source held, what was dropped and why, and how wrong the seed's
-naive no-call label is on this source (trap 2: the seed measured 96% of v1's no-call class)."""
+"""The label audit: what the source held, what was dropped and why, and how wrong the study's
+naive no-call label is on this source (trap 2: the study measured 96% of v1's no-call class)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def label_counts(counter: Mapping[str, int]) -> dict[str, int]:
 
 
 def naive_nocall_breakdown(labels: Mapping[str, int]) -> dict[str, Any]:
-    """What the seed's first-reply rule calls "no-call", split by what it really is."""
+    """What the study's first-reply rule calls "no-call", split by what it really is."""
     deferred = int(labels.get(DEFERRED_CALL, 0))
     nonstandard = int(labels.get(NONSTANDARD_CALL, 0))
     strict = int(labels.get(STRICT_NOCALL, 0))

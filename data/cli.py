@@ -6,8 +6,12 @@ from pathlib import Path
 
 import click
 
+from data.audit import format_audit
+from data.build import BuildConfig, build_dataset
+from data.leakage import check_no_leak
 from data.recipes import DEFAULT_SEED, DEFAULT_SIZES, RECIPES
 from data.sources import DEFAULT_SOURCE
+from data.store import TRAIN_FILE, eval_files, load_rows
 from mlx_plamo3.errors import USER_ERRORS
 from mlx_plamo3.messages import next_step, quoted
 from mlx_plamo3.paths import artifact_dir
@@ -23,7 +27,7 @@ def data_group() -> None:
     "--recipe",
     type=click.Choice(RECIPES),
     required=True,
-    help="v1: the seed's naive first-reply labels (reproduces trap 2); "
+    help="v1: the study's naive first-reply labels (reproduces trap 2); "
     "v2: first-reply calls plus strict no-calls only.",
 )
 @click.option(
@@ -54,7 +58,7 @@ def data_group() -> None:
     type=click.IntRange(min=0),
     default=None,
     help=f"No-call examples to train on [default: v1 {DEFAULT_SIZES['v1'][1]:,}, "
-    f"v2 {DEFAULT_SIZES['v2'][1]:,}]. The v1 defaults reproduce the seed's 11,182 examples "
+    f"v2 {DEFAULT_SIZES['v2'][1]:,}]. The v1 defaults reproduce the study's 11,182 examples "
     "with ~45% no-call.",
 )
 @click.option(
@@ -90,8 +94,6 @@ def build_command(
     quiet: bool,
 ) -> None:
     """Build train.jsonl, eval.jsonl, audit.json and manifest.json from glaive rows."""
-    from data.audit import format_audit
-    from data.build import BuildConfig, build_dataset
 
     config = BuildConfig(
         recipe=recipe,
@@ -127,8 +129,6 @@ def check_leak_command(train: Path, eval_path: Path) -> None:
 
     TRAIN and EVAL are jsonl files; a built dataset directory stands for its train.jsonl
     (as TRAIN) or for its eval.jsonl and eval_fresh.jsonl (as EVAL)."""
-    from data.leakage import check_no_leak
-    from data.store import TRAIN_FILE, eval_files, load_rows
 
     try:
         train_rows = load_rows(train / TRAIN_FILE if train.is_dir() else train)

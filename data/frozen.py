@@ -1,4 +1,4 @@
-"""The frozen eval: the seed's 40 call and 12 strict no-call questions with their gold answers
+"""The frozen eval: the study's 40 call and 12 strict no-call questions with their gold answers
 (`frozen_eval.json`), given back the tool lists they were asked with, taken from the source."""
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from typing import Any
 
 from data.leakage import normalise_query
 from data.prompt import example_row, render_tools
-from data.schema import STRICT_NOCALL, Candidate, ToolCall
+from data.schema import ROW_KINDS, STRICT_NOCALL, Candidate, ToolCall
 from mlx_plamo3.errors import InputError
 
 FROZEN_EVAL_FILE = Path(__file__).with_name("frozen_eval.json")
-KINDS = ("call", "nocall")
 
 FROM_SOURCE = "source"
 SYNTHESIZED = "synthesized"
@@ -46,8 +45,8 @@ def load_frozen_questions(path: Path = FROZEN_EVAL_FILE) -> list[FrozenQuestion]
         for key in ("kind", "question", "gold"):
             if not isinstance(item.get(key), str):
                 raise InputError(f"{path}: question {i}: missing string {key!r}")
-        if item["kind"] not in KINDS:
-            raise InputError(f"{path}: question {i}: 'kind' must be one of {KINDS}")
+        if item["kind"] not in ROW_KINDS:
+            raise InputError(f"{path}: question {i}: 'kind' must be one of {ROW_KINDS}")
         question = FrozenQuestion(
             item["kind"], item["question"], item["gold"], item.get("note", "")
         )

@@ -1,4 +1,4 @@
-"""Labelling a parsed conversation (trap 2): the first assistant reply decides the seed's naive
+"""Labelling a parsed conversation (trap 2): the first assistant reply decides the study's naive
 label, the whole conversation decides the strict one."""
 
 from __future__ import annotations

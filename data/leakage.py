@@ -1,5 +1,5 @@
 """The leakage guard (trap 1): glaive repeats rows so often that a random split evaluated the
-seed on its own training data. Train and eval must share no query, compared after the same
+study on its own training data. Train and eval must share no query, compared after the same
 normalisation the dedup uses."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The seed's prompt and target format, defined once: the builder, the trainer and the eval
+"""The study's prompt and target format, defined once: the builder, the trainer and the eval
 harness all render prompts through these functions, so train and eval prompts cannot drift."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ TOOL_SEPARATOR = "\n\n"
 
 
 def build_system_prompt(tool_text: str) -> str:
-    """The seed's system prompt: the fixed instruction followed by the tool JSON text."""
+    """The study's system prompt: the fixed instruction followed by the tool JSON text."""
     return SYSTEM_PROMPT_PREFIX + tool_text
 
 
@@ -27,14 +27,14 @@ def render_tools(tools: list[dict[str, Any]]) -> str:
 
 
 def call_text(name: str, arguments: dict[str, Any]) -> str:
-    """The assistant target for a call, byte-for-byte as the seed wrote it (`json.dumps`)."""
+    """The assistant target for a call, byte-for-byte as the study wrote it (`json.dumps`)."""
     return json.dumps({"name": name, "arguments": arguments})
 
 
 def example_row(
     tool_text: str, query: str, reply: str, kind: str, tools: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """One training/eval row in the seed's three-message format."""
+    """One training/eval row in the study's three-message format."""
     return {
         "messages": [
             {"role": "system", "content": build_system_prompt(tool_text)},

@@ -1,6 +1,6 @@
 """The recipes: which deduplicated candidates become training (and fresh eval) rows.
 
-- v1 reproduces the seed's naive labels (trap 2): the first assistant reply decides, so a
+- v1 reproduces the study's naive labels (trap 2): the first assistant reply decides, so a
   clarifying question before a later call becomes a "no-call" example.
 - v2 keeps only calls in the first reply and strict no-calls (no call anywhere).
 Every draw uses its own `random.Random` seeded from (seed, purpose) so a rebuild is identical."""
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,33 +18,21 @@ from mlx_plamo3.errors import InputError
 
 RECIPES = ("v1", "v2")
 DEFAULT_SEED = 42
-# (call, no-call) training examples. v2: the seed's 1,400 + 318. v1: the seed's full v1 had
+# (call, no-call) training examples. v2: the study's 1,400 + 318. v1: the study's full v1 had
 # 11,182 deduplicated examples with ~45% no-call, i.e. 6,150 call + 5,032 no-call.
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {"v1": (6150, 5032), "v2": (1400, 318)}
 FRESH_EVAL_SIZES = (40, 12)  # the frozen eval's shape
 
 
-def dedup(candidates: Iterable[Candidate]) -> tuple[list[Candidate], int]:
-    """First occurrence of each normalised query, in source order; and how many were dropped."""
-    kept: dict[str, Candidate] = {}
-    dropped = 0
-    for candidate in candidates:
-        if candidate.key in kept:
-            dropped += 1
-        else:
-            kept[candidate.key] = candidate
-    return list(kept.values()), dropped
-
-
 def v1_pools(candidates: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
-    """The seed's naive split: a call in the first reply, or not (deferred calls included)."""
+    """The study's naive split: a call in the first reply, or not (deferred calls included)."""
     calls = [c for c in candidates if c.label == CALL]
     nocalls = [c for c in candidates if c.label in (DEFERRED_CALL, NONSTANDARD_CALL, STRICT_NOCALL)]
     return calls, nocalls
 
 
 def v2_pools(candidates: list[Candidate]) -> tuple[list[Candidate], list[Candidate]]:
-    """Calls to a listed tool (teaching calls to unlisted tools is the hallucination the seed
+    """Calls to a listed tool (teaching calls to unlisted tools is the hallucination the study
     saw in its v2 misses), and strict no-calls only."""
     calls = [c for c in candidates if c.label == CALL and c.call and c.call.name in c.tool_names]
     nocalls = [c for c in candidates if c.label == STRICT_NOCALL]

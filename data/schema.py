@@ -7,6 +7,9 @@ from typing import Any
 
 from mlx_plamo3.errors import PlamoError
 
+# The two kinds of dataset and eval rows: the gold answer is a tool call, or it is not.
+ROW_KINDS: tuple[str, ...] = ("call", "nocall")
+
 # Labels of a parsed conversation (rows that list at least one tool):
 CALL = "call"  # the first assistant reply is a function call
 DEFERRED_CALL = "deferred_call"  # first reply is prose, a later assistant turn calls (trap 2)
@@ -62,7 +65,7 @@ class Candidate:
     index: int  # position in the source stream, for stable ordering and error messages
     query: str
     key: str  # normalised query, the dedup and leakage key
-    reply: str  # the first assistant reply, as text (a call rendered as the seed's JSON)
+    reply: str  # the first assistant reply, as text (a call rendered as the study's JSON)
     call: ToolCall | None  # the first reply's call, if it is one
     label: str
     tool_text: str

@@ -64,7 +64,7 @@ def parse_call_value(value: str) -> Turn:
     except json.JSONDecodeError as exc:
         raise ParseError("bad_call_json", f"function_call value is not JSON: {exc}") from None
     if isinstance(obj, list):
-        # The seed's target holds exactly one call; parallel calls have no place in it.
+        # The study's target holds exactly one call; parallel calls have no place in it.
         if len(obj) != 1:
             raise ParseError("parallel_calls", f"{len(obj)} calls in one turn")
         obj = obj[0]
@@ -96,7 +96,7 @@ def parse_sharegpt_row(row: dict[str, Any]) -> Conversation:
     for position, raw in enumerate(raw_turns, start=1):
         role, value = _turn_fields(raw, position)
         if role == "system":
-            continue  # the seed's own system prompt replaces any stored one
+            continue  # the study's own system prompt replaces any stored one
         mapped = _ROLES.get(role)
         if mapped is None:
             raise ParseError("unknown_role", f"turn {position} has role {role!r}")

@@ -5,7 +5,6 @@ Each row's format (raw glaive or LLaMA-Factory sharegpt) is detected on its own.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +15,10 @@ from data.schema import Conversation, ParseError
 from data.sharegpt import parse_sharegpt_row
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import file_sha256
+from mlx_plamo3.loading import is_hub_id
 
 DEFAULT_SOURCE = "glaiveai/glaive-function-calling-v2"
 FILE_SUFFIXES = (".json", ".jsonl", ".parquet")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _CHUNK_CHARS = 1 << 20
 # Files that mark a directory written by `datasets.Dataset.save_to_disk`.
 _SAVED_DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -218,7 +217,7 @@ def open_source(spec: str, revision: str | None = None) -> tuple[SourceInfo, Ite
         files = _data_files(path)
         info = SourceInfo(spec=spec, kind="dir", files=_file_digests(path, files))
         return info, (row for file in files for row in iter_file(file)), -1
-    if path.suffix.lower() in FILE_SUFFIXES or not _HUB_ID.match(spec):
+    if path.suffix.lower() in FILE_SUFFIXES or not is_hub_id(spec):
         raise SourceError(f"{spec}: no such file or directory")
     rows, total = _hub_rows(spec, revision)
     return SourceInfo(spec=spec, kind="hub", revision=revision), rows, total

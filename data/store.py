@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from data.recipes import RECIPES
+from data.schema import ROW_KINDS
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.paths import artifact_dir
 
@@ -16,7 +17,6 @@ FRESH_EVAL_FILE = "eval_fresh.jsonl"
 AUDIT_FILE = "audit.json"
 MANIFEST_FILE = "manifest.json"
 ROLES = ("system", "user", "assistant")
-KINDS = ("call", "nocall")
 
 
 def resolve_dataset(name_or_path: str | Path) -> Path:
@@ -55,8 +55,8 @@ def validate_row(row: Any, where: str) -> dict[str, Any]:
             raise InputError(f"{where}: 'messages'[{i}] must have 'role' {role!r}")
         if not isinstance(message.get("content"), str):
             raise InputError(f"{where}: 'messages'[{i}] has no string 'content'")
-    if row.get("kind") not in KINDS:
-        raise InputError(f"{where}: 'kind' must be one of {KINDS}, got {row.get('kind')!r}")
+    if row.get("kind") not in ROW_KINDS:
+        raise InputError(f"{where}: 'kind' must be one of {ROW_KINDS}, got {row.get('kind')!r}")
     return row
 
 

@@ -1,38 +1,54 @@
-"""Command-line entry points of the eval stage: `mlx-plamo score` and the `--compare` view.
+"""Command-line entry points of the eval stage: `mlx-plamo eval` (with its `--compare` view),
+`mlx-plamo score` and `mlx-plamo report`.
 
-Imports stay light (no MLX): rescoring a records file must not load a model.
+Rescoring a records file never loads a model.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
+from data import load_rows, resolve_dataset
 from eval.compare import compare_rows, format_comparison
+from eval.harness import CONDITIONS, STUDY_MAX_NEW_TOKENS, run_eval
+from eval.metric_keys import DEFAULT_EXPERIMENT
 from eval.records import load_records, write_records
+from eval.report import DEFAULT_TITLE, build_report
 from eval.scoring import (
-    MODES,
+    MODE_CHOICES,
     RATE_KEYS,
+    canonical_mode,
     describe_rate,
     score_rows,
     summarize,
     summary_mismatches,
 )
 from mlx_plamo3.errors import USER_ERRORS
+from mlx_plamo3.io import file_sha256
+from mlx_plamo3.loading import load, model_reference
+from mlx_plamo3.lora import (
+    BASE_WEIGHTS_KEY,
+    load_adapter,
+    model_weights_fingerprint,
+    warn_other_base,
+)
+from mlx_plamo3.memory import budget
 from mlx_plamo3.messages import next_step, quoted
-from mlx_plamo3.paths import artifact_dir, default_model_dir
+from mlx_plamo3.paths import artifact_dir, default_model_dir, mlflow_uri
 
 MODE_HELP = (
-    "seed: the seed study's scoring, reproducing its numbers exactly. strict: a call also needs "
-    "an 'arguments' object and a listed tool, so echoed tool schemas do not count as calls."
+    "study (alias seed): the study's scoring, reproducing its numbers exactly. strict: a call "
+    "also needs an 'arguments' object and a listed tool, so echoed tool schemas do not count "
+    "as calls."
 )
 
 
-def score_records(path: str | Path, mode: str = "seed") -> dict[str, Any]:
+def score_records(path: str | Path, mode: str = "study") -> dict[str, Any]:
     """Rescore a records file: {file, summary, stored_summary, mismatches, verdicts}."""
     records = load_records(path)
     summary = summarize(
@@ -45,9 +61,9 @@ def score_records(path: str | Path, mode: str = "seed") -> dict[str, Any]:
         "file": str(records.path),
         "summary": summary,
         "stored_summary": records.summary,
-        # The stored summary is seed-mode; a strict rescore is expected to differ.
+        # The stored summary is study-mode; a strict rescore is expected to differ.
         "mismatches": summary_mismatches(records.summary, summary)
-        if mode == "seed" and any(k in records.summary for k in RATE_KEYS)
+        if mode == "study" and any(k in records.summary for k in RATE_KEYS)
         else None,
         "verdicts": [
             {"index": i, "question": row.get("question"), **verdict.to_dict()}
@@ -94,15 +110,21 @@ def format_score(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def mode_option(help_text: str) -> Callable[[Callable], Callable]:
+    """--mode: a scoring mode, its alias resolved (`--mode seed` = `--mode study`)."""
+    return click.option(
+        "--mode",
+        type=click.Choice(MODE_CHOICES),
+        callback=lambda _ctx, _param, mode: canonical_mode(mode),
+        default="study",
+        show_default=True,
+        help=help_text,
+    )
+
+
 @click.command(name="score")
 @click.argument("records", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--mode",
-    type=click.Choice(MODES),
-    default="seed",
-    show_default=True,
-    help=MODE_HELP,
-)
+@mode_option(MODE_HELP)
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table."
 )
@@ -129,7 +151,7 @@ def results_option(records: Path) -> str:
     )
 
 
-def compare_records(a_path: str | Path, b_path: str | Path, mode: str = "seed") -> dict[str, Any]:
+def compare_records(a_path: str | Path, b_path: str | Path, mode: str = "study") -> dict[str, Any]:
     """Per-question diff of two records files (for `mlx-plamo eval --compare A B`)."""
     a, b = load_records(a_path), load_records(b_path)
     result = compare_rows(
@@ -153,10 +175,10 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
 @click.command(name="eval", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--condition",
-    type=click.Choice(["base", "base-fewshot", "lora"]),
+    type=click.Choice(CONDITIONS),
     default="lora",
     show_default=True,
-    help="base: zero-shot; base-fewshot: the seed's 2-shot prompt; lora: with --adapter.",
+    help="base: zero-shot; base-fewshot: the study's 2-shot prompt; lora: with --adapter.",
 )
 @click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter dir.")
 @click.option(
@@ -199,12 +221,12 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
 @click.option(
     "--max-new-tokens",
     type=click.IntRange(min=1),
-    default=160,
+    default=STUDY_MAX_NEW_TOKENS,
     show_default=True,
-    help="The seed used 160.",
+    help="New tokens per answer (the study's budget).",
 )
 @click.option(
-    "--no-prefix-reuse", is_flag=True, help="Run every prompt from scratch, like the seed."
+    "--no-prefix-reuse", is_flag=True, help="Run every prompt from scratch, like the study."
 )
 @click.option(
     "--allow-other-base",
@@ -218,13 +240,7 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Instead of evaluating, diff two records files question by question.",
 )
-@click.option(
-    "--mode",
-    type=click.Choice(["seed", "strict"]),
-    default="seed",
-    show_default=True,
-    help="Scoring mode for --compare.",
-)
+@mode_option("Scoring mode for --compare.")
 def eval_command(
     condition: str,
     adapter: str | None,
@@ -251,18 +267,6 @@ def eval_command(
         return
     import mlx.core as mx
     from tqdm import tqdm
-
-    from data import load_rows, resolve_dataset
-    from eval.harness import run_eval
-    from mlx_plamo3.io import file_sha256
-    from mlx_plamo3.loading import load, model_reference
-    from mlx_plamo3.lora import (
-        BASE_WEIGHTS_KEY,
-        load_adapter,
-        model_weights_fingerprint,
-        warn_other_base,
-    )
-    from mlx_plamo3.memory import budget
 
     if condition == "lora" and not adapter:
         raise click.UsageError("--condition lora needs --adapter")
@@ -307,7 +311,7 @@ def eval_command(
         "data_sha256": file_sha256(eval_file),
     }
     write_records(out, records["summary"], records["rows"])
-    click.echo(format_score(score_records(out, "seed")))
+    click.echo(format_score(score_records(out, "study")))
     click.echo(f"records written to {out}")
     report = f"mlx-plamo report{results_option(out)}"
     if adapter:
@@ -315,3 +319,75 @@ def eval_command(
         click.echo(next_step(export, report))
     else:
         click.echo(next_step(report))
+
+
+# ---- `mlx-plamo report` ----------------------------------------------------------------------
+
+
+@click.command(name="report")
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Folder of evaluation records (*.json) [default: {artifact_dir('results')}].",
+)
+@click.option(
+    "--recursive/--no-recursive",
+    default=False,
+    show_default=True,
+    help="Also read records in subfolders (labelled folder/condition).",
+)
+@click.option(
+    "--mlflow",
+    "tracking_uri",
+    default=None,
+    help=f"MLflow tracking URI [default: {mlflow_uri()}].",
+)
+@click.option("--no-mlflow", is_flag=True, help="Leave training curves out.")
+@click.option(
+    "--experiment", default=DEFAULT_EXPERIMENT, show_default=True, help="MLflow experiment name."
+)
+@mode_option("Scoring mode for the table, badges and checkpoint curves.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Output folder for index.html and figures/ [default: {artifact_dir('reports')}].",
+)
+@click.option("--title", default=DEFAULT_TITLE, show_default=True, help="Page title.")
+def report_command(
+    results: Path | None,
+    recursive: bool,
+    tracking_uri: str | None,
+    no_mlflow: bool,
+    experiment: str,
+    mode: str,
+    out: Path | None,
+    title: str,
+) -> None:
+    """Write a self-contained HTML report (index.html) and PNG figures: the condition table
+    with 95% intervals, metrics per condition, training loss and checkpoint-eval curves from
+    MLflow, and a per-question explorer."""
+    results = results if results is not None else artifact_dir("results")
+    out = out if out is not None else artifact_dir("reports")
+    uri = None if no_mlflow else (tracking_uri or mlflow_uri())
+    if not results.is_dir():
+        click.echo(
+            f"warning: no results folder at {results}; the report has no conditions", err=True
+        )
+    report = build_report(
+        results,
+        out,
+        mode=mode,
+        tracking_uri=uri,
+        experiment=experiment,
+        title=title,
+        recursive=recursive,
+    )
+    for note in report.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(
+        f"report written to {report.index} ({len(report.conditions)} conditions, "
+        f"{report.runs} MLflow runs)"
+    )
+    click.echo(next_step(f"open {quoted(report.index)} in a browser"))

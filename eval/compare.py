@@ -1,8 +1,8 @@
 """Per-question diff of two evaluation records: which questions flipped on which metric.
 
-Rows are matched by (kind, question). Conditions may use different no-call sets (the seed's
+Rows are matched by (kind, question). Conditions may use different no-call sets (the study's
 v2 used a new strict set), so questions found in only one file are reported, not compared.
-Files without questions (the seed's leaked eval) are matched by row position instead.
+Files without questions (the study's leaked eval) are matched by row position instead.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eval.scoring import KINDS, RATE_KEYS, Verdict, score_rows
+from eval.scoring import RATE_KEYS, ROW_KINDS, Verdict, score_rows
 from mlx_plamo3.errors import InputError
 
 # The row kind each metric is measured on (see `passes` for what counts as a pass).
@@ -57,7 +57,7 @@ def keyed_rows(
 def compare_rows(
     rows_a: Sequence[Mapping[str, Any]],
     rows_b: Sequence[Mapping[str, Any]],
-    mode: str = "seed",
+    mode: str = "study",
     labels: tuple[str, str] = ("A", "B"),
 ) -> dict[str, Any]:
     """Score both row lists and diff them question by question (JSON-ready dict)."""
@@ -129,8 +129,6 @@ def _unmatched(row: Mapping[str, Any], key: tuple[str, str]) -> dict[str, str]:
 
 # ---- text view --------------------------------------------------------------------------------
 
-SHORT = {"parse_rate": "P", "func_name_acc": "F", "args_exact_match": "A"}
-
 
 def _badges(verdict: Mapping[str, Any]) -> str:
     """Call rows: P/F/A per passed metric, "." per failed. No-call rows: "ok" or "CALL"."""
@@ -156,7 +154,7 @@ def format_comparison(result: Mapping[str, Any], width: int = 100) -> str:
     ]
     for side, key in (("A", "only_in_a"), ("B", "only_in_b")):
         if result[key]:
-            counts = {kind: sum(1 for u in result[key] if u["kind"] == kind) for kind in KINDS}
+            counts = {kind: sum(1 for u in result[key] if u["kind"] == kind) for kind in ROW_KINDS}
             kinds = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
             lines.append(f"only in {side}: {kinds} (not compared)")
     gold_changed = sum(1 for q in result["questions"] if q["gold_changed"])

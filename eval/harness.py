@@ -1,4 +1,4 @@
-"""The 52-case tool-calling evaluation, generated in MLX: the seed's prompts and decoding
+"""The 52-case tool-calling evaluation, generated in MLX: the study's prompts and decoding
 (greedy, 160 new tokens, cut at <|plamo:tag|>), batched with the shared prompt prefix run once."""
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
 from mlx_plamo3.memory import activation_dtype, generation_batch_size
 
 CONDITIONS = ("base", "base-fewshot", "lora")
+# The study's decoding budget per answer (greedy).
+STUDY_MAX_NEW_TOKENS = 160
 TURN_END = "<|plamo:tag|>"
 
-# The seed's 2-shot turns, inserted after the system message for `base-fewshot`.
+# The study's 2-shot turns, inserted after the system message for `base-fewshot`.
 FEWSHOT_MESSAGES: list[dict[str, str]] = [
     {"role": "user", "content": "What's the weather like in Tokyo today?"},
     {"role": "assistant", "content": '{"name": "get_weather", "arguments": {"location": "Tokyo"}}'},
@@ -56,14 +58,14 @@ def run_eval(
     fewshot: bool = False,
     limit: int | None = None,
     batch_size: int = 8,
-    max_new_tokens: int = 160,
+    max_new_tokens: int = STUDY_MAX_NEW_TOKENS,
     share_prefix: bool = True,
     progress: Callable[[int], None] | None = None,
     memory_available: int | None = None,
 ) -> dict[str, Any]:
     """Records `{"summary", "rows"}` for the eval rows (the first `limit`, if given).
 
-    `condition` labels the run; `fewshot` inserts the seed's 2-shot turns. With
+    `condition` labels the run; `fewshot` inserts the study's 2-shot turns. With
     `memory_available` (bytes beyond the loaded model), the batch size is lowered until the
     predicted KV cache, prefill and logits of a batch fit in it."""
     rows = list(eval_rows)[:limit] if limit else list(eval_rows)
@@ -104,7 +106,7 @@ def run_eval(
         }
         for row, ids in zip(rows, outputs, strict=True)
     ]
-    summary = summarize(records, "seed", condition=condition, minutes=round(minutes, 2))
+    summary = summarize(records, "study", condition=condition, minutes=round(minutes, 2))
     summary["strict"] = summarize(records, "strict", condition=condition)
     summary["decoding"] = {
         "greedy": True,

@@ -1,8 +1,8 @@
 """Evaluation records files: `{"summary": {...}, "rows": [{kind, question, gold, pred}, ...]}`.
 
-One row per eval question, as the seed wrote them (`finetune/results/*.json`). Our own eval may
+One row per eval question, as the study wrote them (`finetune/results/*.json`). Our own eval may
 add fields to a row (`tools`: the tool schemas the prompt offered, used by strict scoring).
-The seed's contaminated first eval has no `question` field, so `question` is optional.
+The study's contaminated first eval has no `question` field, so `question` is optional.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.scoring import KINDS, parse_gold
+from eval.scoring import ROW_KINDS, parse_gold
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_write_json
 
@@ -44,8 +44,8 @@ def row_problem(row: Any) -> str | None:
     missing = [key for key in REQUIRED_ROW_KEYS if key not in row]
     if missing:
         return f"missing key(s) {', '.join(missing)}"
-    if row["kind"] not in KINDS:
-        return f"kind must be one of {', '.join(KINDS)}, got {row['kind']!r}"
+    if row["kind"] not in ROW_KINDS:
+        return f"kind must be one of {', '.join(ROW_KINDS)}, got {row['kind']!r}"
     for key in ("gold", "pred", "question"):
         if key in row and not isinstance(row[key], str):
             return f"'{key}' must be a string, got {type(row[key]).__name__}"

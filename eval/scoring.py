@@ -1,8 +1,8 @@
-"""Scoring of tool-calling predictions: the seed's rule, a strict mode, and Wilson intervals.
+"""Scoring of tool-calling predictions: the study's rule, a strict mode, and Wilson intervals.
 
-`seed` mode reproduces the seed study's numbers exactly (GUIDE.md section 1). `strict` mode stops
+`study` mode reproduces the study's numbers exactly (GUIDE.md section 1). `strict` mode stops
 counting schema echoes (`{"name", "description", "parameters"}`) and calls to unlisted tools as
-calls, which the seed rule lets through.
+calls, which the study's rule lets through.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from data.schema import ROW_KINDS
 from mlx_plamo3.errors import InputError
 
-MODES: tuple[str, ...] = ("seed", "strict")
-KINDS: tuple[str, ...] = ("call", "nocall")
-# Rates in the order (and with the names) the seed's summaries use.
+MODES: tuple[str, ...] = ("study", "strict")
+# Earlier names of the modes, still accepted by the options (`--mode seed` = the study's rule).
+MODE_ALIASES = {"seed": "study"}
+MODE_CHOICES = (*MODES, *MODE_ALIASES)
+# Rates in the order (and with the names) the study's summaries use.
 RATE_KEYS: tuple[str, ...] = ("parse_rate", "func_name_acc", "args_exact_match", "false_call_rate")
 SEED_SUMMARY_KEYS: tuple[str, ...] = (
     "condition",
@@ -29,12 +32,12 @@ SEED_SUMMARY_KEYS: tuple[str, ...] = (
 
 
 def parse_prediction(pred: str) -> Any | None:
-    """The seed's parse: JSON between the first `{` and the last `}`, else that span's head.
+    """The study's parse: JSON between the first `{` and the last `}`, else that span's head.
 
     The span is greedy and crosses lines. If it is not valid JSON, the part of it before the
     first blank line is tried, which rescues a call followed by more JSON (the base model often
     echoes several tool schemas separated by blank lines). "Blank line" means a literal "\\n\\n",
-    as in the seed's finetune/eval_tools.py: a line holding only spaces does not split. Anything
+    as in the study's finetune/eval_tools.py: a line holding only spaces does not split. Anything
     else gives None. The result may be any JSON value; callers decide whether it is a call.
     """
     start = pred.find("{")
@@ -84,10 +87,10 @@ def tool_names(tools: Iterable[Any]) -> frozenset[str]:
     return frozenset(names)
 
 
-def call_check(obj: Any, mode: str = "seed", tools: frozenset[str] | None = None) -> str:
+def call_check(obj: Any, mode: str = "study", tools: frozenset[str] | None = None) -> str:
     """Whether a parsed prediction counts as a function call: "" if it does, else the reason.
 
-    seed: any dict with a `name` key. strict: also a string name, an `arguments` object, not a
+    study: any dict with a `name` key. strict: also a string name, an `arguments` object, not a
     schema echo, and (when the prompt's tools are known) a name among those tools.
     """
     _check_mode(mode)
@@ -95,7 +98,7 @@ def call_check(obj: Any, mode: str = "seed", tools: frozenset[str] | None = None
         return "no_parse"
     if not isinstance(obj, dict) or "name" not in obj:
         return "not_a_call"
-    if mode == "seed":
+    if mode == "study":
         return ""
     if not isinstance(obj["name"], str):
         return "name_not_string"
@@ -133,12 +136,12 @@ def row_tools(row: Mapping[str, Any]) -> frozenset[str] | None:
     return tool_names(tools) if isinstance(tools, list) else None
 
 
-def score_row(row: Mapping[str, Any], mode: str = "seed", index: int | None = None) -> Verdict:
+def score_row(row: Mapping[str, Any], mode: str = "study", index: int | None = None) -> Verdict:
     """Score one records row `{kind, gold, pred, [tools]}`."""
     where = "row" if index is None else f"row {index}"
     kind = row.get("kind")
-    if kind not in KINDS:
-        raise InputError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
+    if kind not in ROW_KINDS:
+        raise InputError(f"{where}: kind must be one of {ROW_KINDS}, got {kind!r}")
     obj = parse_prediction(row["pred"])
     reason = call_check(obj, mode, row_tools(row) if mode == "strict" else None)
     is_call = reason == ""
@@ -146,12 +149,12 @@ def score_row(row: Mapping[str, Any], mode: str = "seed", index: int | None = No
         return Verdict(kind, False, False, False, is_call, reason)
     gold = parse_gold(row["gold"], where)
     func_name = is_call and obj["name"] == gold["name"]
-    # Python == on parsed JSON, as the seed did (so 1 == 1.0 and key order is ignored).
+    # Python == on parsed JSON, as the study did (so 1 == 1.0 and key order is ignored).
     args_exact = func_name and obj.get("arguments") == gold["arguments"]
     return Verdict(kind, is_call, func_name, args_exact, False, reason)
 
 
-def score_rows(rows: Sequence[Mapping[str, Any]], mode: str = "seed") -> list[Verdict]:
+def score_rows(rows: Sequence[Mapping[str, Any]], mode: str = "study") -> list[Verdict]:
     return [score_row(row, mode, index) for index, row in enumerate(rows)]
 
 
@@ -202,14 +205,14 @@ def rate_counts(verdicts: Sequence[Verdict]) -> dict[str, tuple[int, int]]:
 
 def summarize(
     rows: Sequence[Mapping[str, Any]],
-    mode: str = "seed",
+    mode: str = "study",
     *,
     condition: str | None = None,
     minutes: float | None = None,
 ) -> dict[str, Any]:
-    """The seed's summary keys plus `mode`, `counts` and 95% Wilson `intervals` per rate.
+    """The study's summary keys plus `mode`, `counts` and 95% Wilson `intervals` per rate.
 
-    Rates are k / n so that seed mode gives the very floats the seed stored (0.325, not
+    Rates are k / n so that study mode gives the very floats the study stored (0.325, not
     0.32500000000000001 from some other route). A rate over zero cases is None.
     """
     _check_mode(mode)
@@ -241,6 +244,11 @@ def summary_mismatches(
     {key: (stored, rescored)}. Keys the stored summary lacks are not compared."""
     keys = [k for k in ("n_call", "n_nocall", *RATE_KEYS) if k in stored]
     return {k: (stored[k], rescored.get(k)) for k in keys if stored[k] != rescored.get(k)}
+
+
+def canonical_mode(mode: str) -> str:
+    """A scoring mode by its current name (an alias such as "seed" resolved)."""
+    return MODE_ALIASES.get(mode, mode)
 
 
 def _check_mode(mode: str) -> None:

@@ -9,16 +9,14 @@ token positions, so every row computes what it would compute alone.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import mlx.core as mx
 
-from mlx_plamo3.errors import USER_ERRORS, InputError, PlamoError
-from mlx_plamo3.io import FileFormatError, read_json
+from mlx_plamo3.errors import InputError
+from mlx_plamo3.io import read_json
 from mlx_plamo3.model import Model, Plamo3Cache
 
 
@@ -192,111 +190,18 @@ class TextStreamer:
             self.printed = len(text)
 
 
-@click.command(name="generate", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model_path", required=True, help="MLX or Hugging Face model directory.")
-@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter dir.")
-@click.option("--prompt", help="A user message (rendered with the chat template).")
-@click.option(
-    "--messages",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help='A JSON file holding a list of {"role", "content"} messages.',
-)
-@click.option("--raw", is_flag=True, help="Send --prompt as plain text, without the template.")
-@click.option(
-    "--max-new-tokens",
-    type=click.IntRange(min=1),
-    default=160,
-    show_default=True,
-    help="Tokens to generate.",
-)
-@click.option(
-    "--temperature",
-    type=click.FloatRange(min=0.0),
-    default=0.0,
-    show_default=True,
-    help="0 decodes greedily.",
-)
-@click.option(
-    "--top-p",
-    type=click.FloatRange(min=0.0, max=1.0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Nucleus sampling mass, in (0, 1].",
-)
-@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
-@click.option(
-    "--allow-other-base",
-    is_flag=True,
-    help="Use an adapter trained on another base of the same shape, with a warning "
-    "(refused by default: its base weights fingerprint differs).",
-)
-def generate_command(
-    model_path: str,
-    adapter: str | None,
-    prompt: str | None,
-    messages: Path | None,
-    raw: bool,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    seed: int,
-    allow_other_base: bool,
-) -> None:
-    """Generate a reply, streaming it to the terminal; stops at <|plamo:tag|> or eos."""
-    from mlx_plamo3.loading import load
-    from mlx_plamo3.lora import load_adapter, warn_other_base
-
-    if (prompt is None) == (messages is None):
-        raise click.UsageError("give exactly one of --prompt and --messages")
-    chat = read_messages(messages) if messages is not None else None
-    try:
-        model, tokenizer = load(model_path)
-        if adapter:
-            load_adapter(model, adapter, warn_other_base(allow_other_base), model_path)
-            model.eval()
-    except USER_ERRORS as exc:
-        raise click.ClickException(str(exc)) from None
-    if chat is not None:
-        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
-    elif raw:
-        ids = tokenizer.encode(prompt)
-    else:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True
-        )
-    streamer = TextStreamer(tokenizer.decode, lambda s: (sys.stdout.write(s), sys.stdout.flush()))
-    sampling = SamplingConfig(max_new_tokens, temperature, top_p, seed)
-    try:
-        generate(
-            model,
-            [ids],
-            stop_token_ids(tokenizer),
-            sampling,
-            pad_id=tokenizer.pad_token_id or 0,
-            context_length=model.args.max_position_embeddings,
-            on_token=streamer,
-        )
-    except PlamoError as exc:
-        raise click.ClickException(str(exc)) from None
-    streamer.finish()
-    sys.stdout.write("\n")
-
-
 def read_messages(path: Path) -> list[dict[str, str]]:
-    """The chat in a --messages file: a JSON list of {"role", "content"} strings."""
-    try:
-        chat = read_json(path)
-    except FileFormatError as exc:
-        raise click.ClickException(str(exc)) from None
+    """The chat in a messages file: a JSON list of {"role", "content"} strings."""
+    chat = read_json(path)
     if not isinstance(chat, list) or not chat:
-        raise click.ClickException(f'{path}: expected a non-empty list of {{"role", "content"}}')
+        raise InputError(f'{path}: expected a non-empty list of {{"role", "content"}}')
     for index, message in enumerate(chat):
         if not (
             isinstance(message, dict)
             and isinstance(message.get("role"), str)
             and isinstance(message.get("content"), str)
         ):
-            raise click.ClickException(
+            raise InputError(
                 f'{path}: message {index} is not {{"role": <string>, "content": <string>}}: '
                 f"{json.dumps(message)[:120]}"
             )

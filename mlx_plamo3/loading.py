@@ -1,14 +1,19 @@
-"""Load PLaMo 3 checkpoints (Hugging Face layout or our converted MLX directories) into MLX.
+"""Load PLaMo 3 checkpoints (Hugging Face layout or our converted MLX directories) into MLX,
+and the checkpoint file layout both share.
 
 Both layouts share key names, so one path loads either: read config.json, build the model,
 quantize the modules the weights say are quantized, then `load_weights(strict=True)` with every
-missing or unexpected key listed in a single error.
+missing or unexpected key listed in a single error. The layout (shards, their names, the
+index) is read by `weight_files` and written by `rewrite_shards`, shard by shard, so a
+conversion or a fused export never holds more than one shard in memory.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +24,13 @@ from mlx.utils import tree_flatten
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import FileFormatError, read_json
 from mlx_plamo3.model import Model, ModelArgs
+from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+INDEX_FILE = "model.safetensors.index.json"
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+# The float dtypes a model is converted to, loaded in or trained in, by the name options use.
+DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 # Files besides weights that a checkpoint directory carries for tokenization and chat.
 TOKENIZER_FILES = (
     "tokenizer.jsonl",
@@ -36,13 +46,13 @@ class CheckpointError(PlamoError, ValueError):
 
 
 def is_hub_id(name: str) -> bool:
-    """'org/name' and not an existing or path-like local directory."""
-    return (
-        name.count("/") == 1
-        and not name.startswith((".", "/", "~"))
-        and all(name.split("/"))
-        and not Path(name).exists()
-    )
+    """A well-formed Hugging Face repo id 'org/name' (letters, digits, '.', '_', '-'; no '..')."""
+    return HUB_ID.fullmatch(name) is not None and ".." not in name
+
+
+def names_hub_repo(name: str) -> bool:
+    """`name` is a Hub id and not a local path: no such file or folder here."""
+    return is_hub_id(name) and not Path(name).exists()
 
 
 def model_reference(path_or_repo: str | Path) -> str:
@@ -59,7 +69,7 @@ def resolve_model_path(path_or_repo: str | Path, revision: str | None = None) ->
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file; expected a checkpoint directory")
         return path
-    if not is_hub_id(str(path_or_repo)):
+    if not names_hub_repo(str(path_or_repo)):
         raise CheckpointError(f"{path_or_repo}: no such directory (and not a Hub id 'org/name')")
     return download_from_hub(str(path_or_repo), revision)
 
@@ -131,7 +141,7 @@ def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
 
 def weight_files(model_dir: Path) -> list[Path]:
     """The safetensors shards of a checkpoint, in index order; refuses pickled checkpoints."""
-    index_path = model_dir / "model.safetensors.index.json"
+    index_path = model_dir / INDEX_FILE
     if index_path.is_file():
         try:
             weight_map = read_json(index_path)["weight_map"]
@@ -152,6 +162,36 @@ def weight_files(model_dir: Path) -> list[Path]:
             "loaded, so they are refused. Convert them to safetensors first."
         )
     raise CheckpointError(f"{model_dir} holds no *.safetensors weights")
+
+
+def shard_name(index: int, count: int) -> str:
+    """The Hugging Face name of shard `index` (from 0) of `count`."""
+    return (
+        "model.safetensors" if count == 1 else f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+    )
+
+
+def rewrite_shards(
+    files: Sequence[Path],
+    out_dir: Path,
+    transform: Callable[[dict[str, mx.array]], dict[str, mx.array]],
+    file_format: str,
+    progress: Callable[[Sequence[Path]], Iterable[Path]] = lambda files: files,
+) -> None:
+    """Each shard of `files` read, passed through `transform` and written to `out_dir` under
+    its Hugging Face name, one at a time; then `model.safetensors.index.json`. `file_format`
+    is the safetensors metadata "format" ("mlx" or "pt")."""
+    weight_map: dict[str, str] = {}
+    total_bytes = 0
+    for index, file in enumerate(progress(files)):
+        name = shard_name(index, len(files))
+        shard = transform(mx.load(str(file)))
+        mx.save_safetensors(str(out_dir / name), shard, metadata={"format": file_format})
+        weight_map |= dict.fromkeys(shard, name)
+        total_bytes += sum(v.nbytes for v in shard.values())
+        del shard
+    index_doc = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
+    (out_dir / INDEX_FILE).write_text(json.dumps(index_doc, indent=2, sort_keys=True) + "\n")
 
 
 def quantized_module_paths(keys: set[str]) -> set[str]:
@@ -242,7 +282,6 @@ def load_model(
 
 def load(path_or_repo: str | Path, dtype: mx.Dtype | None = None, lazy: bool = False):
     """(model, tokenizer) from a checkpoint directory or Hub id, like `mlx_lm.load`."""
-    from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
     model_dir = resolve_model_path(path_or_repo)
     return load_model(model_dir, dtype=dtype, lazy=lazy), Plamo3Tokenizer.from_pretrained(model_dir)

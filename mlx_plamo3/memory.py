@@ -15,13 +15,13 @@ import os
 
 import mlx.core as mx
 
+from mlx_plamo3.loading import DTYPES
 from mlx_plamo3.model import LayerKV, ModelArgs, linear_shapes
 
 GIB = 2**30
 RAM_SHARE = 0.75
 CUDA_SHARE = 0.90
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-MX_DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 
 
 # ---- what the model holds ----------------------------------------------------------------------
@@ -65,7 +65,7 @@ def transient_elements_per_token(args: ModelArgs) -> int:
 def activation_dtype(model) -> str:
     """The name of the dtype a loaded model computes in (its norms' dtype)."""
     dtype = model.model.norm.weight.dtype
-    return next(name for name, value in MX_DTYPES.items() if value == dtype)
+    return next(name for name, value in DTYPES.items() if value == dtype)
 
 
 def generation_bytes(args: ModelArgs, dtype: str, batch: int, prompt: int, new: int) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-KINDS = ("models", "data", "adapters", "results", "reports")
+ARTIFACT_KINDS = ("models", "data", "adapters", "results", "reports")
 # The folder under models/ that commands read when no --model is given.
 DEFAULT_MODEL_DIR_NAME = "plamo-3-nict-2b-base"
+# The scheme of a sqlite tracking URI; what follows it is the database file's path.
+SQLITE_PREFIX = "sqlite:///"
 
 
 def artifacts_root() -> Path:
@@ -16,8 +18,8 @@ def artifacts_root() -> Path:
 
 
 def artifact_dir(kind: str, name: str = "") -> Path:
-    if kind not in KINDS:
-        raise ValueError(f"unknown artifact kind {kind!r}; expected one of {KINDS}")
+    if kind not in ARTIFACT_KINDS:
+        raise ValueError(f"unknown artifact kind {kind!r}; expected one of {ARTIFACT_KINDS}")
     base = artifacts_root() / kind
     return base / name if name else base
 
@@ -28,4 +30,12 @@ def default_model_dir() -> Path:
 
 
 def mlflow_uri() -> str:
-    return f"sqlite:///{artifacts_root() / 'mlflow.db'}"
+    return f"{SQLITE_PREFIX}{artifacts_root() / 'mlflow.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI, else None (a server or another scheme).
+
+    `sqlite:///rel/x.db` is relative to the working directory and `sqlite:////abs/x.db`
+    absolute, as SQLAlchemy reads them; `~` is left as written (SQLAlchemy does not expand it)."""
+    return Path(uri[len(SQLITE_PREFIX) :]) if uri.startswith(SQLITE_PREFIX) else None

@@ -1,4 +1,9 @@
-"""PLaMo 3's tokenizer and chat template, natively: no remote code, no transformers.
+"""PLaMo 3's tokenizer, natively: no remote code, no transformers.
+
+A checkpoint's tokenizer is `tokenizer.jsonl` + `tokenizer_config.json` + a chat template. This
+module reads the first two and chooses the template text (the checkpoint's chat_template.jinja,
+else tokenizer_config.json's `chat_template`, else the packaged fallback); rendering it and the
+assistant-token mask are `mlx_plamo3.chat_template`'s, which the chat methods here delegate to.
 
 The vocabulary is `tokenizer.jsonl`, one JSON array `[piece, score, kind, ...]` per line, the
 line number (from 0) being the token id. Kinds seen in the family: NORMAL, UNKNOWN, CONTROL,
@@ -34,16 +39,10 @@ Public sources the facts come from (read, not copied):
   unk/bos/eos/pad at ids 0-3 in a fixture built to mimic the checkpoint.
 - vLLM's PLaMo 3 reasoning/tool parser tests: `<|plamo:tag|>` = 16, `<|plamo:msg|>` = 19,
   `<|plamo:constrain|>` = 31, bos = 1, and `<|plamo:tag|>` is a single token.
-- kazukiminemura/plamo3_benchmark (OpenVINO port of plamo-3-nict-8b-base): the template renders
-  `bos_token + '<|plamo:tag|>'` first; it strips that bos because its tokenizer adds one itself,
-  which implies add_bos_token is true in the checkpoint's tokenizer_config.json (inferred).
-- The seed study (rajagurunath/pfn-plamo-inference-study): turns are
-  `role<|plamo:msg|>content<|plamo:tag|>`; training prefixes are the generation-prompt render.
-- transformers' chat-template rendering: an immutable sandboxed jinja2 environment with
-  trim_blocks, lstrip_blocks and loopcontrols, `raise_exception`, a non-ASCII-preserving `tojson`,
-  special tokens as template variables, and the render tokenized with add_special_tokens=False.
-Not confirmed (the Hub is unreachable): the exact official template text (the packaged fallback
-is reconstructed from the facts above), the 2B vocabulary's scores, and its ids for key, val,
+- kazukiminemura/plamo3_benchmark (OpenVINO port of plamo-3-nict-8b-base): it strips the bos
+  its template renders because its tokenizer adds one itself, which implies add_bos_token is
+  true in the checkpoint's tokenizer_config.json (inferred).
+Not confirmed (the Hub is unreachable): the 2B vocabulary's scores, and its ids for key, val,
 choice and fim_* tokens.
 """
 
@@ -54,25 +53,27 @@ import math
 import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
+from mlx_plamo3.chat_template import (
+    FALLBACK_TEMPLATE,
+    TEMPLATE_FILE,
+    assistant_token_mask,
+    chat_prompt_and_full_ids,
+    default_chat_template,
+    render_conversation,
+    render_template,
+)
 from mlx_plamo3.errors import InputError, PlamoError
 from mlx_plamo3.io import read_json
 
 VOCAB_FILE = "tokenizer.jsonl"
 CONFIG_FILE = "tokenizer_config.json"
-TEMPLATE_FILE = "chat_template.jinja"
 GENERATION_CONFIG_FILE = "generation_config.json"
-FALLBACK_TEMPLATE = Path(__file__).with_name(TEMPLATE_FILE)
 
-KINDS = ("NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE")
-KNOWN_ROLES = ("system", "user", "assistant", "tool")
+PIECE_KINDS = ("NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE")
 # PFN's defaults when tokenizer_config.json names no token.
 DEFAULT_SPECIAL_TOKENS = {
     "unk_token": "<|plamo:unk|>",
@@ -124,25 +125,10 @@ _IGNORED_CONFIG_KEYS = {
     "model_specific_special_tokens",
     "tokenizer_file",
 }
-# apply_chat_template options of transformers that return tensors or dicts; not offered here.
-_UNSUPPORTED_TEMPLATE_OPTIONS = (
-    "return_tensors",
-    "return_dict",
-    "return_assistant_tokens_mask",
-    "continue_final_message",
-    "padding",
-    "truncation",
-    "max_length",
-    "tokenizer_kwargs",
-)
 
 
 class TokenizerFileError(PlamoError, ValueError):
     """A tokenizer file that cannot be used; the message names the file, line or key."""
-
-
-class ChatTemplateError(PlamoError, ValueError):
-    """A chat template that fails to compile or render, or messages it cannot take."""
 
 
 def parse_vocab_line(line: str, path: Path, lineno: int) -> tuple[str, float, str]:
@@ -160,8 +146,8 @@ def parse_vocab_line(line: str, path: Path, lineno: int) -> tuple[str, float, st
         raise TokenizerFileError(f"{where}: piece must be a non-empty string, got {piece!r}")
     if isinstance(score, bool) or not isinstance(score, (int, float)):
         raise TokenizerFileError(f"{where}: score must be a number, got {score!r}")
-    if kind not in KINDS:
-        raise TokenizerFileError(f"{where}: unknown kind {kind!r}; expected one of {KINDS}")
+    if kind not in PIECE_KINDS:
+        raise TokenizerFileError(f"{where}: unknown kind {kind!r}; expected one of {PIECE_KINDS}")
     if kind == "BYTE" and not re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
         raise TokenizerFileError(f"{where}: BYTE piece must look like <0xHH>, got {piece!r}")
     return piece, float(score), kind
@@ -319,68 +305,6 @@ def _template_from_config(config: Mapping[str, Any], source: str) -> str | None:
     raise TokenizerFileError(f"{source}: key 'chat_template' has no usable default template")
 
 
-def _tojson(
-    value: Any,
-    ensure_ascii: bool = False,
-    indent: int | None = None,
-    separators: tuple[str, str] | None = None,
-    sort_keys: bool = False,
-) -> str:
-    # transformers' filter keeps non-ASCII text as is, unlike jinja2's HTML-safe tojson.
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
-
-
-@lru_cache(maxsize=16)
-def compile_chat_template(source: str) -> jinja2.Template:
-    """The template compiled in a sandbox set up like transformers' (cached by text)."""
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    return env.from_string(source)
-
-
-def validate_messages(messages: Any) -> list[dict[str, Any]]:
-    """Messages as plain dicts, keys with None values dropped (as transformers does); raises
-    naming the message index for a missing or unknown role or non-string content."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise ChatTemplateError(f"messages must be a list of dicts, got {type(messages).__name__}")
-    out = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise ChatTemplateError(f"message {index} must be a dict, got {type(message).__name__}")
-        message = {key: value for key, value in message.items() if value is not None}
-        role = message.get("role")
-        if role not in KNOWN_ROLES:
-            raise ChatTemplateError(
-                f"message {index}: unknown role {role!r}; expected one of {KNOWN_ROLES}"
-            )
-        if not isinstance(message.get("content"), str):
-            got = type(message.get("content")).__name__
-            raise ChatTemplateError(f"message {index} ({role}): content must be a str, not {got}")
-        out.append(message)
-    return out
-
-
-def _require_prefix(prefix: Sequence[int], ids: Sequence[int], what: str) -> None:
-    if len(prefix) > len(ids) or list(ids[: len(prefix)]) != list(prefix):
-        pairs = zip(prefix, ids, strict=False)
-        at = next((k for k, (a, b) in enumerate(pairs) if a != b), min(len(prefix), len(ids)))
-        raise ChatTemplateError(
-            f"{what}: the shorter render's {len(prefix)} ids are not a prefix of the longer "
-            f"render's {len(ids)} ids (first difference at token {at}); the template or the "
-            "tokenizer does not split cleanly at turn boundaries"
-        )
-
-
 class Plamo3Tokenizer:
     """PLaMo 3 tokenizer: `tokenizer.jsonl` + `tokenizer_config.json` + chat template."""
 
@@ -452,7 +376,7 @@ class Plamo3Tokenizer:
             template = _template_from_config(config, config_source)
             self.chat_template_source = config_source
         if template is None:
-            template = FALLBACK_TEMPLATE.read_text(encoding="utf-8")
+            template = default_chat_template()
             self.chat_template_source = str(FALLBACK_TEMPLATE)
         self.chat_template = template
 
@@ -529,14 +453,6 @@ class Plamo3Tokenizer:
     @property
     def eos_token(self) -> str | None:
         return self._special["eos_token"]
-
-    @property
-    def pad_token(self) -> str | None:
-        return self._special["pad_token"]
-
-    @property
-    def unk_token(self) -> str | None:
-        return self._special["unk_token"]
 
     @property
     def bos_token_id(self) -> int | None:
@@ -668,7 +584,7 @@ class Plamo3Tokenizer:
                 data += self._pieces[token_id].encode("utf-8")
         return data.decode("utf-8", errors="replace")
 
-    # ---- chat template -------------------------------------------------------------------
+    # ---- chat template (rendering and the mask live in mlx_plamo3.chat_template) ---------
 
     def render_chat(
         self,
@@ -679,31 +595,15 @@ class Plamo3Tokenizer:
         **kwargs: Any,
     ) -> str:
         """The template's text for `messages` (may be empty, unlike apply_chat_template)."""
-        try:
-            template = compile_chat_template(self.chat_template)
-        except jinja2.TemplateSyntaxError as err:
-            raise ChatTemplateError(
-                f"{self.chat_template_source}:{err.lineno}: chat template does not compile "
-                f"({err.message})"
-            ) from None
-        variables = {**self.special_tokens_map, **kwargs}
-        try:
-            return template.render(
-                messages=messages,
-                tools=tools,
-                documents=documents,
-                add_generation_prompt=add_generation_prompt,
-                **variables,
-            )
-        except jinja2.TemplateError as err:
-            raise ChatTemplateError(
-                f"{self.chat_template_source}: chat template failed to render: {err}"
-            ) from None
-        except (TypeError, KeyError, AttributeError) as err:
-            raise ChatTemplateError(
-                f"{self.chat_template_source}: chat template failed to render "
-                f"({type(err).__name__}: {err})"
-            ) from None
+        return render_template(
+            self.chat_template,
+            self.chat_template_source,
+            messages,
+            add_generation_prompt,
+            tools,
+            documents,
+            {**self.special_tokens_map, **kwargs},
+        )
 
     def apply_chat_template(
         self,
@@ -718,26 +618,20 @@ class Plamo3Tokenizer:
         """transformers' apply_chat_template for one conversation: the rendered text when
         `tokenize` is false, else its ids encoded without adding bos/eos (the template has them).
         Extra keyword arguments become template variables, as in transformers."""
-        for option in _UNSUPPORTED_TEMPLATE_OPTIONS:
-            if kwargs.get(option):
-                raise TypeError(f"apply_chat_template: {option!r} is not supported here")
-            kwargs.pop(option, None)
-        messages = validate_messages(conversation)
-        if not messages:
-            raise ChatTemplateError("cannot apply the chat template to an empty conversation")
-        if chat_template is not None and chat_template != self.chat_template:
-            return self._with_template(chat_template).apply_chat_template(
-                messages, tools, documents, None, add_generation_prompt, tokenize, **kwargs
-            )
-        text = self.render_chat(messages, add_generation_prompt, tools, documents, **kwargs)
+        if chat_template is None or chat_template == self.chat_template:
+            chat_template, source = self.chat_template, self.chat_template_source
+        else:
+            source = "<chat_template argument>"
+        text = render_conversation(
+            chat_template,
+            source,
+            conversation,
+            add_generation_prompt,
+            tools,
+            documents,
+            {**self.special_tokens_map, **kwargs},
+        )
         return self.encode(text, add_special_tokens=False) if tokenize else text
-
-    def _with_template(self, template: str) -> Plamo3Tokenizer:
-        clone = object.__new__(Plamo3Tokenizer)
-        clone.__dict__.update(self.__dict__)
-        clone.chat_template = template
-        clone.chat_template_source = "<chat_template argument>"
-        return clone
 
     def _chat_ids(self, messages: Sequence[Mapping[str, Any]], generation: bool) -> list[int]:
         return self.encode(self.render_chat(messages, generation), add_special_tokens=False)
@@ -746,39 +640,12 @@ class Plamo3Tokenizer:
         self, messages: Sequence[Mapping[str, Any]]
     ) -> tuple[list[int], list[int]]:
         """(ids of the conversation before its last assistant turn, with the generation prompt;
-        ids of the whole conversation). The first is checked to be a prefix of the second."""
-        messages = validate_messages(messages)
-        last = max((k for k, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last is None:
-            raise ChatTemplateError("the conversation has no assistant message")
-        prompt = self._chat_ids(messages[:last], True)
-        full = self._chat_ids(messages, False)
-        _require_prefix(prompt, full, f"prompt before assistant message {last}")
-        return prompt, full
+        ids of the whole conversation); see `mlx_plamo3.chat_template.chat_prompt_and_full_ids`."""
+        return chat_prompt_and_full_ids(messages, self._chat_ids)
 
     def assistant_token_mask(
         self, messages: Sequence[Mapping[str, Any]]
     ) -> tuple[list[int], list[bool]]:
-        """(ids of the whole conversation, True exactly on each assistant turn's own tokens).
-
-        An assistant turn's tokens are those the render of messages[:k+1] adds to the render of
-        messages[:k] with the generation prompt (its content and `<|plamo:tag|>` under the PLaMo
-        template), found by comparing token ids of growing prefixes, never by searching text."""
-        messages = validate_messages(messages)
-        full = self._chat_ids(messages, False)
-        mask = [False] * len(full)
-        turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
-        if not turns:
-            raise ChatTemplateError("the conversation has no assistant message")
-        for k in turns:
-            start = self._chat_ids(messages[:k], True)
-            end = self._chat_ids(messages[: k + 1], False)
-            _require_prefix(start, end, f"assistant message {k}: prompt vs. turn")
-            _require_prefix(end, full, f"assistant message {k}: turn vs. conversation")
-            mask[len(start) : len(end)] = [True] * (len(end) - len(start))
-        return full, mask
-
-
-def default_chat_template() -> str:
-    """The packaged chat template text (also written into tiny test checkpoints)."""
-    return FALLBACK_TEMPLATE.read_text(encoding="utf-8")
+        """(ids of the whole conversation, True exactly on each assistant turn's own tokens);
+        derived from prefix renders as `mlx_plamo3.chat_template` states."""
+        return assistant_token_mask(messages, self._chat_ids)

@@ -41,6 +41,8 @@ from transformers import (
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from mlx_plamo3.loading import weight_files
+
 # Effective RMSNorm scale = stored weight + offset. Values from PFN's vLLM plugin, which adds
 # these offsets to the checkpoint weights while loading.
 NORM_OFFSETS: dict[str, float] = {
@@ -61,8 +63,6 @@ YARN_BETA_SLOW = 1.0
 _CACHE_FIELD = (
     "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 )
-
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 class Plamo3Config(PretrainedConfig):
@@ -568,40 +568,17 @@ register_auto_classes()
 
 
 def read_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a Hugging Face checkpoint directory (single file or index + shards).
-
-    Pickled weight files are refused: they can run code when loaded.
-    """
+    """All tensors of a Hugging Face checkpoint directory (single file or index + shards),
+    found as the MLX loader finds them (`weight_files`: pickled weights are refused)."""
     from safetensors.torch import load_file
 
-    root = Path(path)
-    if root.is_file():
-        raise ValueError(f"expected a checkpoint directory, got the file {root}")
-    index_path = root / "model.safetensors.index.json"
-    if index_path.exists():
-        weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
-        files = sorted(set(weight_map.values()))
-    else:
-        weight_map = {}
-        files = sorted(p.name for p in root.glob("*.safetensors"))
-    if not files:
-        pickled = sorted(p.name for p in root.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-        if pickled:
-            raise ValueError(
-                f"{root} holds only pickled weights {pickled}; refusing to load them. "
-                "Convert the checkpoint to safetensors."
-            )
-        raise FileNotFoundError(f"no *.safetensors weights in {root}")
     state: dict[str, torch.Tensor] = {}
-    for name in files:
-        shard = load_file(str(root / name))
+    for file in weight_files(Path(path)):
+        shard = load_file(str(file))
         duplicated = state.keys() & shard.keys()
         if duplicated:
-            raise ValueError(f"tensors stored twice, e.g. in {name}: {sorted(duplicated)[:5]}")
+            raise ValueError(f"tensors stored twice, e.g. in {file}: {sorted(duplicated)[:5]}")
         state.update(shard)
-    misplaced = [k for k, f in weight_map.items() if k not in state]
-    if misplaced:
-        raise ValueError(f"index lists tensors missing from the shards: {misplaced[:5]}")
     return state
 
 

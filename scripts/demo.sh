@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
-CLI="$PY -m mlx_plamo3.cli"
+CLI="$PY -m commands"
 export MLX_PLAMO_HOME=${MLX_PLAMO_HOME:-artifacts/demo}
 export HF_HUB_OFFLINE=1
 W=$MLX_PLAMO_HOME
@@ -33,7 +33,7 @@ run $CLI data build --recipe v2 \
   --source data/samples/glaive-function-calling-v2.sample.jsonl \
   --out "$W/data/v2" --force
 
-banner "4. train the LoRA (seed recipe; checkpoint evals on part of the frozen eval)"
+banner "4. train the LoRA (the study's recipe; checkpoint evals on part of the frozen eval)"
 run $CLI train --data "$W/data/v2" --model "$W/models/tiny" --adapter-path "$W/adapters/demo" \
   --run-name demo --dtype float32 --checkpoint-every 4 --eval-limit 13 \
   --eval-max-new-tokens 48 --learning-rate 1e-3 --overwrite

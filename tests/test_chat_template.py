@@ -1,15 +1,24 @@
 """The PLaMo 3 chat template: hand-written golden renders, the seed's 2-shot prompt, tool
-schemas that need no escaping, the assistant-only loss mask and the template's errors."""
+schemas that need no escaping, the assistant-only loss mask (also from any render callable, the
+module needing no tokenizer) and the template's errors."""
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
 import pytest
 
 from convert.tiny_vocab import write_tiny_tokenizer
-from mlx_plamo3.tokenizer import ChatTemplateError, Plamo3Tokenizer, default_chat_template
+from mlx_plamo3 import chat_template
+from mlx_plamo3.chat_template import (
+    ChatTemplateError,
+    assistant_token_mask,
+    default_chat_template,
+    render_template,
+)
+from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
 BOS, TAG, MSG = "<|plamo:bos|>", "<|plamo:tag|>", "<|plamo:msg|>"
 
@@ -212,6 +221,32 @@ def test_consecutive_assistant_turns_are_separate_spans(tok: Plamo3Tokenizer) ->
     ids, mask = tok.assistant_token_mask(messages)
     runs = [tok.decode(run) for run in spans(ids, mask)]
     assert runs == [messages[1]["content"] + TAG, messages[2]["content"] + TAG]
+
+
+def test_mask_needs_only_a_render_callable() -> None:
+    # Code points of the packaged template's render stand in for token ids.
+    def render_ids(messages: list[dict[str, str]], generation: bool) -> list[int]:
+        text = render_template(
+            default_chat_template(), "<test>", messages, generation, None, None, {"bos_token": BOS}
+        )
+        return [ord(char) for char in text]
+
+    ids, mask = assistant_token_mask(CONVERSATION, render_ids)
+    turns = "".join(f"{m['role']}{MSG}{m['content']}{TAG}" for m in CONVERSATION)
+    assert "".join(map(chr, ids)) == BOS + TAG + turns
+    assert ["".join(map(chr, run)) for run in spans(ids, mask)] == ["Hello!" + TAG]
+
+
+def test_the_template_module_does_not_import_the_tokenizer() -> None:
+    # The tokenizer imports the template module; the other way round would be a cycle.
+    tree = ast.parse(Path(chat_template.__file__).read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+    assert "mlx_plamo3.tokenizer" not in imported
 
 
 def test_prefix_violation_is_reported(tmp_path: Path) -> None:

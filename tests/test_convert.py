@@ -16,11 +16,11 @@ import pytest
 from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
+from commands.main import main as cli_main
 from convert import convert as convert_module
-from convert.__main__ import convert_command
+from convert.cli import convert_command
 from convert.tiny import write_tiny_checkpoint
 from mlx_plamo3 import load_model
-from mlx_plamo3.cli import main as cli_main
 from mlx_plamo3.loading import CheckpointError
 
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
+from commands.main import main as cli_main
 from eval.harness import FEWSHOT_MESSAGES, prompt_messages, run_eval
 from eval.scoring import summarize
 from mlx_plamo3 import load
-from mlx_plamo3.cli import main as cli_main
 
 SEED_SUMMARY_KEYS = {
     "condition",
@@ -60,7 +60,7 @@ def test_records_have_the_seed_shape(model_and_tokenizer):
         assert {"kind", "question", "gold", "pred"} <= set(row)
         assert row["question"] == source["messages"][1]["content"]
         assert "<|plamo:tag|>" not in row["pred"]
-    rescored = summarize(records["rows"], "seed", condition="base", minutes=0)
+    rescored = summarize(records["rows"], "study", condition="base", minutes=0)
     assert rescored["parse_rate"] == records["summary"]["parse_rate"]
 
 

@@ -19,23 +19,23 @@ from tolerances import FP32_PARITY_ATOL
 
 from adapters.card import model_card
 from adapters.cli import export_command
+from adapters.export import export_peft
 from adapters.fuse import fuse_adapter
-from adapters.peft import (
-    EXPORT_INFO,
-    PEFT_CONFIG,
-    PEFT_WEIGHTS,
-    expected_mlx_shapes,
-    export_peft,
-    mlx_to_peft_key,
-    peft_to_mlx_key,
-    peft_to_mlx_weights,
-    read_peft_adapter,
-)
 from convert.tiny import write_tiny_checkpoint
 from eval.records import load_records
 from mlx_plamo3.io import OUTPUT_MARKER
 from mlx_plamo3.loading import load_model
 from mlx_plamo3.lora import AdapterError, LoraConfig, lora_parameters
+from mlx_plamo3.peft import (
+    EXPORT_INFO,
+    PEFT_CONFIG,
+    PEFT_WEIGHTS,
+    expected_mlx_shapes,
+    mlx_to_peft_key,
+    peft_to_mlx_key,
+    peft_to_mlx_weights,
+    read_peft_adapter,
+)
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")

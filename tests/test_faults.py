@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from convert.__main__ import convert_command
+from commands.main import main as cli_main
+from convert.cli import convert_command
 from convert.tiny import write_tiny_checkpoint
-from mlx_plamo3.cli import main as cli_main
 from mlx_plamo3.io import OUTPUT_MARKER
 from mlx_plamo3.loading import load_model
 from mlx_plamo3.lora import checkpoint_weights_fingerprint, model_weights_fingerprint
@@ -134,7 +134,7 @@ def test_stale_staging_directories_are_removed_and_reported(tmp_path):
     for directory in (*stale, live):
         directory.mkdir()
         (directory / "model.safetensors").write_bytes(b"\0" * 16)
-    command = [sys.executable, "-m", "mlx_plamo3.cli", "tiny", str(out)]
+    command = [sys.executable, "-m", "commands", "tiny", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert not any(d.exists() for d in stale)
@@ -518,14 +518,14 @@ def test_help_texts_show_the_paths_used_under_mlx_plamo_home(tmp_path):
         assert done.returncode == 0, done.stderr
         return "".join(done.stdout.split())  # click wraps long lines, after a hyphen too
 
-    assert str(home / "models" / "plamo-3-nict-2b-base") in help_of("mlx_plamo3.cli", "eval")
-    assert str(home / "results") in help_of("mlx_plamo3.cli", "report")
-    assert str(home / "adapters") in help_of("mlx_plamo3.cli", "train")
-    assert str(home / "data") in help_of("mlx_plamo3.cli", "data", "build")
-    export_help = help_of("mlx_plamo3.cli", "export")
+    assert str(home / "models" / "plamo-3-nict-2b-base") in help_of("commands", "eval")
+    assert str(home / "results") in help_of("commands", "report")
+    assert str(home / "adapters") in help_of("commands", "train")
+    assert str(home / "data") in help_of("commands", "data", "build")
+    export_help = help_of("commands", "export")
     assert str(home / "adapters") in export_help and "artifacts/" not in export_help
     assert "--mlx-path" in help_of("convert")  # `python -m convert` runs
-    assert "artifacts/" not in help_of("mlx_plamo3.cli", "train")
+    assert "artifacts/" not in help_of("commands", "train")
 
 
 def test_tiny_takes_size_options(tmp_path):

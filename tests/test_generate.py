@@ -99,8 +99,8 @@ def test_generate_cli_streams_the_reply(tiny_mlx_dir, tmp_path):
 
     from click.testing import CliRunner
 
+    from commands.main import main as cli_main
     from mlx_plamo3 import load
-    from mlx_plamo3.cli import main as cli_main
 
     model, tokenizer = load(tiny_mlx_dir)
     messages = [{"role": "user", "content": "What is the weather in Tokyo?"}]
@@ -144,7 +144,7 @@ def test_generate_cli_streams_the_reply(tiny_mlx_dir, tmp_path):
 def test_generate_cli_needs_exactly_one_input(tiny_mlx_dir):
     from click.testing import CliRunner
 
-    from mlx_plamo3.cli import main as cli_main
+    from commands.main import main as cli_main
 
     result = CliRunner().invoke(cli_main, ["generate", "--model", str(tiny_mlx_dir)])
     assert result.exit_code != 0 and "exactly one of --prompt and --messages" in result.output

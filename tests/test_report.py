@@ -14,31 +14,36 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from eval.report import (
-    FIGURE_NAMES,
+from eval.cli import report_command
+from eval.conditions import condition_sort_key, load_conditions
+from eval.explorer import explorer_questions
+from eval.figures import FIGURE_NAMES, moving_average
+from eval.metric_keys import (
+    DEFAULT_EXPERIMENT,
+    EXAMPLES_SEEN,
+    LOSS,
+    TRAINER_EVAL_KEYS,
+    checkpoint_eval_metrics,
+    classify_eval_key,
+    eval_metric_key,
+    wanted_key,
+)
+from eval.report import build_report
+from eval.training_history import (
     CheckpointPoint,
     Run,
-    as_fraction,
-    build_report,
     checkpoint_points,
-    classify_eval_key,
-    condition_sort_key,
     dedupe_history,
-    explorer_questions,
-    is_loss_key,
-    load_conditions,
-    moving_average,
-    report_command,
 )
+from mlx_plamo3.paths import artifacts_root, mlflow_uri, sqlite_path
 
 SEED = Path(__file__).parent / "fixtures" / "seed-results"
 SEED_LABELS = ["base", "base-fewshot", "lora", "lora-ckpt-step400", "lora-ckpt-step800", "lora-v2"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = '<script>alert("pwned")</script>{"name": "get_poem", "arguments": {}}'
 
-# v1 imitates the trainer's keys (train/trainer.py: loss, examples_seen, eval_*, eval_strict_*)
-# and the seed's story: recall falls while every emitted call stays right. v2 uses other names
-# and no examples_seen, as another tracker might.
+# Both runs log the trainer's keys (eval.metric_keys). v1 tells the study's story: recall falls
+# while every emitted call stays right. v2 logs no examples_seen, so it is drawn by step.
 V1_EVALS = {20: (0.925, 0.90, 0.40), 40: (0.875, 0.875, 0.25), 60: (0.55, 0.55, 0.1667)}
 V2_EVALS = {5: (0.9, 0.8, 0.2), 10: (1.0, 1.0, 0.1667)}
 
@@ -76,14 +81,13 @@ def _log_store(uri: str) -> None:
     v2 = client.create_run(experiment, run_name="v2").info.run_id
     batch = []
     for step in range(1, 11):
-        batch += metrics({"train/loss": 1.5 / step}, step)
+        batch += metrics({"loss": 1.5 / step, "train/other_loss": 1.0}, step)
         if step in V2_EVALS:
             parse, exact, false_call = V2_EVALS[step]
-            # Percentages, to check they are scaled like fractions.
             values = {
-                "ckpt/parse_pct": 100 * parse,
-                "ckpt/args_exact_pct": 100 * exact,
-                "ckpt/false_call_pct": 100 * false_call,
+                "eval_parse_rate": parse,
+                "eval_args_exact_match": exact,
+                "eval_false_call_rate": false_call,
             }
             batch += metrics(values, step)
     client.log_batch(v2, metrics=batch)
@@ -178,11 +182,51 @@ def test_explorer_matches_call_questions_across_conditions() -> None:
 def test_metric_key_classification() -> None:
     assert classify_eval_key("eval_args_exact_match") == ("args_exact_match", False)
     assert classify_eval_key("eval_strict_func_name_acc") == ("func_name_acc", True)
-    assert classify_eval_key("ckpt/false_call_pct") == ("false_call_rate", False)
     assert classify_eval_key("eval_parse_rate") == ("parse_rate", False)
-    assert classify_eval_key("loss") is None
-    assert is_loss_key("loss") and is_loss_key("train/loss") and is_loss_key("val_loss")
-    assert not is_loss_key("examples_seen")
+    # Only the trainer's names: no guessing at other trackers' keys.
+    assert classify_eval_key("ckpt/false_call_pct") is None and classify_eval_key("loss") is None
+    assert wanted_key("loss") and wanted_key("examples_seen") and not wanted_key("train/loss")
+
+
+def test_trainer_metric_names_are_pinned() -> None:
+    # Existing MLflow stores hold these names: changing one orphans every run logged before.
+    assert (DEFAULT_EXPERIMENT, LOSS, EXAMPLES_SEEN) == (
+        "plamo3-tool-calling",
+        "loss",
+        "examples_seen",
+    )
+    rates = {"parse_rate": 0.9, "func_name_acc": 0.8, "args_exact_match": 0.7}
+    summary = {
+        **rates,
+        "false_call_rate": None,
+        "n_call": 40,
+        "strict": {**rates, "parse_rate": 0.5},
+    }
+    assert checkpoint_eval_metrics(summary) == {
+        "eval_parse_rate": 0.9,
+        "eval_func_name_acc": 0.8,
+        "eval_args_exact_match": 0.7,
+        "eval_strict_parse_rate": 0.5,
+        "eval_strict_func_name_acc": 0.8,
+        "eval_strict_args_exact_match": 0.7,
+    }
+    assert eval_metric_key("false_call_rate", strict=True) == "eval_strict_false_call_rate"
+    with pytest.raises(ValueError, match="unknown rate"):
+        eval_metric_key("loss")
+    # The report reads exactly what the trainer writes.
+    assert len(TRAINER_EVAL_KEYS) == 8
+    for key, found in TRAINER_EVAL_KEYS.items():
+        assert classify_eval_key(key) == found and wanted_key(key)
+    assert wanted_key(LOSS) and wanted_key(EXAMPLES_SEEN)
+
+
+def test_sqlite_path() -> None:
+    assert sqlite_path("sqlite:///artifacts/mlflow.db") == Path("artifacts/mlflow.db")
+    assert sqlite_path("sqlite:////abs/mlflow.db") == Path("/abs/mlflow.db")
+    assert sqlite_path("sqlite:///~/mlflow.db") == Path("~/mlflow.db")  # as SQLAlchemy reads it
+    assert sqlite_path("http://localhost:5000") is None
+    assert sqlite_path("sqlite://") is None  # in memory: no file
+    assert sqlite_path(mlflow_uri()) == artifacts_root() / "mlflow.db"
 
 
 def test_checkpoint_points_recall_and_precision() -> None:
@@ -210,9 +254,6 @@ def test_checkpoint_points_recall_and_precision() -> None:
 
 def test_small_helpers() -> None:
     assert dedupe_history([(2, 5, 0.1), (1, 1, 0.9), (2, 9, 0.2)]) == [(1, 0.9), (2, 0.2)]
-    assert as_fraction([50.0, 100.0]) == [0.5, 1.0]
-    assert as_fraction([0.5, 1.0]) == [0.5, 1.0]
-    assert as_fraction([0.0, 1.0], "ckpt/false_call_pct") == [0.0, 0.01]
     assert moving_average([1.0, 2.0, 3.0, 4.0], 3) == [1.5, 2.0, 3.0, 3.5]
     assert moving_average([5.0, 1.0], 1) == [5.0, 1.0]
 
@@ -264,7 +305,7 @@ def test_training_section_from_mlflow(report, html: str) -> None:
     assert "v1-halted" in section and "KILLED" in section and "v2" in section
     # v1 at step 60: recall 55.0%, precision 100.0%, 1 - false-call 83.3%.
     assert re.search(r">60<.*?>55\.0%<.*?>100\.0%<.*?>83\.3%<", section, re.S)
-    # v2 logged percentages: scaled to fractions (80% args-exact of 90% parsed -> 88.9%).
+    # v2 at step 5: 80% args-exact of 90% parsed -> precision 88.9%.
     assert ">88.9%<" in section
     assert "precision" in section and "args-exact ÷ parse" in section
 

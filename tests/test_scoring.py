@@ -47,7 +47,7 @@ CHECKED_KEYS = (
 @pytest.mark.parametrize("name", SEED_FILES)
 def test_seed_mode_reproduces_stored_summary(name: str) -> None:
     stored = json.loads((SEED / name).read_text())["summary"]
-    rescored = summarize(load_records(SEED / name).rows, "seed")
+    rescored = summarize(load_records(SEED / name).rows, "study")
     # == on floats is bit-for-bit equality: 0.4166666666666667 must come back exactly.
     assert {k: rescored[k] for k in CHECKED_KEYS} == {k: stored[k] for k in CHECKED_KEYS}
 
@@ -152,7 +152,7 @@ def nocall_row(pred: str, tools: list | None = None) -> dict:
 
 def test_exact_call_passes_in_both_modes() -> None:
     pred = '{"name": "get_weather", "arguments": {"city": "Tokyo"}}'
-    for mode in ("seed", "strict"):
+    for mode in ("study", "strict"):
         v = score_row(call_row(pred, TOOLS), mode)
         assert (v.parsed, v.func_name, v.args_exact, v.reason) == (True, True, True, "")
 
@@ -166,19 +166,19 @@ def test_args_compare_as_parsed_json_not_text() -> None:
 
 
 def test_schema_echo_counts_in_seed_mode_not_in_strict() -> None:
-    seed = score_row(call_row(ECHO, TOOLS), "seed")
+    seed = score_row(call_row(ECHO, TOOLS), "study")
     assert (seed.parsed, seed.func_name, seed.args_exact) == (True, True, False)
     strict = score_row(call_row(ECHO, TOOLS), "strict")
     assert (strict.parsed, strict.func_name, strict.reason) == (False, False, "schema_echo")
     # Without the tool list the echo is still recognised by its keys.
     assert score_row(call_row(ECHO), "strict").reason == "schema_echo"
-    assert score_row(nocall_row(ECHO), "seed").false_call
+    assert score_row(nocall_row(ECHO), "study").false_call
     assert not score_row(nocall_row(ECHO), "strict").false_call
 
 
 def test_strict_rejects_tool_not_in_list() -> None:
     pred = '{"name": "get_forecast", "arguments": {"city": "Tokyo"}}'
-    assert score_row(nocall_row(pred, TOOLS), "seed").false_call
+    assert score_row(nocall_row(pred, TOOLS), "study").false_call
     strict = score_row(nocall_row(pred, TOOLS), "strict")
     assert (strict.false_call, strict.reason) == (False, "unknown_tool")
     # Unknown tools cannot be detected when the row does not record its tools.
@@ -194,14 +194,14 @@ def test_strict_accepts_openai_style_tool_list() -> None:
 def test_strict_requires_arguments_object() -> None:
     missing = score_row(call_row('{"name": "get_weather"}'), "strict")
     assert (missing.parsed, missing.reason) == (False, "arguments_missing")
-    assert score_row(call_row('{"name": "get_weather"}'), "seed").func_name
+    assert score_row(call_row('{"name": "get_weather"}'), "study").func_name
     # glaive quotes arguments as a JSON string; a call must carry an object.
     quoted = '{"name": "get_weather", "arguments": "{\\"city\\": \\"Tokyo\\"}"}'
     assert score_row(call_row(quoted), "strict").reason == "arguments_not_object"
 
 
 def test_non_call_json_is_not_a_call_in_either_mode() -> None:
-    for mode in ("seed", "strict"):
+    for mode in ("study", "strict"):
         assert score_row(nocall_row('{"answer": 42}'), mode).false_call is False
         assert score_row(call_row('{"answer": 42}'), mode).reason == "not_a_call"
 
@@ -215,8 +215,8 @@ def test_summarize_hand_built_rows() -> None:
         nocall_row('{"name": "get_weather", "arguments": {"city": "Paris"}}', TOOLS),  # false call
         nocall_row("Hello!", TOOLS),
     ]
-    seed = summarize(rows, "seed", condition="hand", minutes=0.5)
-    assert (seed["condition"], seed["minutes"], seed["mode"]) == ("hand", 0.5, "seed")
+    seed = summarize(rows, "study", condition="hand", minutes=0.5)
+    assert (seed["condition"], seed["minutes"], seed["mode"]) == ("hand", 0.5, "study")
     assert (seed["n_call"], seed["n_nocall"]) == (4, 2)
     assert (seed["parse_rate"], seed["func_name_acc"], seed["args_exact_match"]) == (
         3 / 4,
@@ -241,7 +241,7 @@ def test_strict_summary_says_when_tools_were_not_recorded() -> None:
     strict = summarize(rows, "strict")
     assert strict["strict_tool_check"] is False
     # Every one of the base model's 13 "right name" answers (GUIDE: 32.5%) is an echoed schema.
-    assert summarize(rows, "seed")["counts"]["func_name_acc"] == [13, 40]
+    assert summarize(rows, "study")["counts"]["func_name_acc"] == [13, 40]
     assert strict["counts"]["func_name_acc"] == [0, 40]
 
 
@@ -394,10 +394,15 @@ def test_score_command_json_strict() -> None:
     assert data["verdicts"][0]["parsed"] is False
 
 
-def test_score_command_json_seed_has_no_mismatch() -> None:
+def test_score_command_json_study_has_no_mismatch() -> None:
     result = CliRunner().invoke(score_command, [str(SEED / "leaked-eval" / "base.json"), "--json"])
     data = json.loads(result.output)
-    assert data["mismatches"] == {}
+    assert data["mismatches"] == {} and data["summary"]["mode"] == "study"
+    # `--mode seed`, the mode's earlier name, still means the study's rule.
+    alias = CliRunner().invoke(
+        score_command, [str(SEED / "leaked-eval" / "base.json"), "--json", "--mode", "seed"]
+    )
+    assert json.loads(alias.output) == data
     assert data["summary"]["false_call_rate"] == 0.08333333333333333
     # By hand for 1/12: centre 0.18438, half-width 0.16951.
     lo, hi = data["summary"]["intervals"]["false_call_rate"]

@@ -1,6 +1,6 @@
 """`mlx-plamo check-torch`: MLX eval records vs PyTorch + PEFT greedy outputs on the 52 frozen
 eval prompts (tiny model, random non-zero LoRA), disagreement reports, and refusals of adapters
-for another rank, target set or base."""
+for another rank, target set or base, and of records without token ids."""
 
 from __future__ import annotations
 
@@ -11,20 +11,15 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adapters.peft import PEFT_CONFIG, export_peft
-from adapters.torch_check import (
-    CheckError,
-    check_torch_command,
-    decoding_of,
-    first_difference_ids,
-    first_difference_text,
-    match_eval_rows,
-    strip_stop,
-)
+from adapters.check_inputs import CheckError, decoding_of, match_eval_rows, token_ids_of
+from adapters.cli import check_torch_command
+from adapters.divergence import first_difference_ids, strip_stop
+from adapters.export import export_peft
 from convert.tiny import write_tiny_checkpoint
 from data.build import BuildConfig, build_dataset
 from eval.harness import run_eval
 from eval.records import write_records
+from mlx_plamo3.peft import PEFT_CONFIG
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
@@ -108,7 +103,7 @@ def test_check_torch_agrees_on_all_52_questions(setup, tiny_hf_dir, tmp_path, mo
     assert report["max_new_tokens"] == MAX_NEW_TOKENS  # taken from the records' summary
     assert report["mlx_adapter_checked"] == str(setup["mlx_adapter"])
     assert report["model_code"] == "reference"
-    for mode in ("seed", "strict"):
+    for mode in ("study", "strict"):
         metrics = report["metrics"][mode]
         assert metrics["mlx"]["counts"] == metrics["torch"]["counts"]
     # The outputs are real generations, not empty strings that would agree trivially.
@@ -120,26 +115,28 @@ def test_check_torch_agrees_on_all_52_questions(setup, tiny_hf_dir, tmp_path, mo
 def test_a_changed_prediction_is_reported_with_its_token_and_margin(setup, tiny_hf_dir, tmp_path):
     data = json.loads(setup["results"].read_text())
     data["rows"] = data["rows"][:4]  # a subset of the questions keeps this test quick
-    for row in data["rows"]:
-        row.pop("pred_ids", None)  # exercise the text comparison (records from older versions)
-    original = data["rows"][3]["pred"]
-    assert len(original) > 10
-    data["rows"][3]["pred"] = original[:5] + "{}" + original[5:]
+    ids = data["rows"][3]["pred_ids"]
+    assert len(ids) > 4
+    vocab = json.loads((tiny_hf_dir / "config.json").read_text())["vocab_size"]
+    changed = (ids[4] + 1) % vocab
+    ids[4] = changed
     tampered = tmp_path / "tampered.json"
     tampered.write_text(json.dumps(data))
     result = check(setup, tiny_hf_dir, results=tampered)
     assert result.exit_code == 1, result.output
-    assert "agreement: 3/4" in result.output
+    assert "agreement: 3/4 questions identical (compared by token ids" in result.output
     report = json.loads((tmp_path / "tampered.torch-check.json").read_text())
+    assert (report["compared_by"], report["agree"]) == ("token ids", 3)
     row = report["rows"][3]
-    assert row["agree"] is False and row["torch_pred"] == original
+    assert row["agree"] is False and row["torch_pred"] == row["mlx_pred"]
+    assert row["torch_ids"][:4] == ids[:4] and row["torch_ids"][4] != changed
     divergence = row["divergence"]
-    assert divergence["mlx_token_source"] == "text"
-    # The first differing token is the one holding character 5 (tokens may span characters).
-    assert 0 <= divergence["index"] <= 5
+    assert (divergence["index"], divergence["mlx_token_source"]) == (4, "ids")
+    assert (divergence["torch_token"], divergence["mlx_token"]) == (row["torch_ids"][4], changed)
     assert divergence["top1_top2_margin"] >= 0
-    assert divergence["torch_minus_mlx_logit"] is not None
-    assert "#3 [" in result.output and "token " in result.output
+    assert divergence["torch_minus_mlx_logit"] > 0  # PyTorch's greedy pick scores highest
+    assert "#3 [" in result.output and "token 4: torch " in result.output
+    assert f"({changed}, from ids); logit(torch) - logit(mlx) = " in result.output
     # The threshold is the user's: 3 required passes.
     assert check(setup, tiny_hf_dir, "--min-agreement", "3", results=tampered).exit_code == 0
 
@@ -197,6 +194,17 @@ def test_records_from_another_eval_are_refused(setup, tiny_hf_dir, tmp_path):
     assert "A question this eval never asked?" in result.output
 
 
+def test_records_without_token_ids_are_refused(setup, tiny_hf_dir, tmp_path):
+    data = json.loads(setup["results"].read_text())
+    del data["rows"][1]["pred_ids"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    result = check(setup, tiny_hf_dir, results=old)
+    assert result.exit_code != 0
+    assert f"{old}: row(s) 1: records without token ids ('pred_ids')" in result.output
+    assert "rerun `mlx-plamo eval`" in result.output
+
+
 # ---- the pure pieces ------------------------------------------------------------------------
 
 
@@ -206,23 +214,19 @@ def test_first_difference_of_token_ids():
     assert first_difference_ids([1, 2], [1, 2, 3]) == 2
 
 
-def test_first_difference_against_text():
-    pieces = {1: "ab", 2: "c", 3: "d", 4: "\xe3", 5: "<|plamo:tag|>"}
-
-    def decode(ids):
-        return "".join(pieces[i] for i in ids)
-
-    assert first_difference_text(decode, [1, 2, 3], "abcd") is None
-    assert first_difference_text(decode, [1, 3], "abcd") == 1
-    assert first_difference_text(decode, [1, 2], "abcd") == 2  # MLX went on, PyTorch stopped
-    assert first_difference_text(decode, [1, 2, 3, 5], "abcd") is None  # cut at the turn end
-
-
 def test_strip_stop_and_decoding_budget():
     assert strip_stop([5, 6, 2], {2, 16}) == [5, 6]
     assert strip_stop([5, 6], {2}) == [5, 6]
     assert decoding_of({"decoding": {"max_new_tokens": 64}}) == 64
     assert decoding_of({}) == 160
+
+
+def test_token_ids_of_the_records():
+    records = [{"pred_ids": [5, 6]}, {"pred_ids": []}]
+    assert token_ids_of(records, Path("r.json")) == [[5, 6], []]
+    bad = [{"pred_ids": [5]}, {"pred": "x"}, {"pred_ids": "5 6"}, {"pred_ids": [5.0]}]
+    with pytest.raises(CheckError, match=r"r\.json: row\(s\) 1, 2, 3: records without token"):
+        token_ids_of(bad, Path("r.json"))
 
 
 def test_matching_names_missing_questions():
@@ -239,7 +243,7 @@ def test_hf_generate_path_matches_the_reference_greedy_loop(setup, tiny_hf_dir):
     # decoders must give the same tokens, stop token included.
     from peft import PeftModel
 
-    from adapters.torch_check import greedy_tokens
+    from adapters.torch_side import greedy_tokens
     from mlx_plamo3.torch_reference import load_reference
 
     model = PeftModel.from_pretrained(load_reference(tiny_hf_dir), str(setup["peft"])).eval()
@@ -248,41 +252,3 @@ def test_hf_generate_path_matches_the_reference_greedy_loop(setup, tiny_hf_dir):
     ours = greedy_tokens(model, prompt, 12, stops, hf_generate=False)
     theirs = greedy_tokens(model, prompt, 12, stops, hf_generate=True)
     assert len(ours) >= 1 and ours == theirs
-
-
-def test_records_with_token_ids_are_compared_by_ids(setup, tiny_hf_dir, tmp_path):
-    data = json.loads(setup["results"].read_text())
-    data["rows"] = data["rows"][:3]
-    first = tmp_path / "first.json"
-    first.write_text(json.dumps(data))
-    assert check(setup, tiny_hf_dir, results=first).exit_code == 0
-    ids = [
-        row["torch_ids"]
-        for row in json.loads((tmp_path / "first.torch-check.json").read_text())["rows"]
-    ]
-    # The MLX ids are the PyTorch ids (the texts agree), except one changed token in row 2.
-    for row, row_ids in zip(data["rows"], ids, strict=True):
-        row["pred_ids"] = list(row_ids)
-    vocab = json.loads((tiny_hf_dir / "config.json").read_text())["vocab_size"]
-    changed = (ids[2][4] + 1) % vocab
-    data["rows"][2]["pred_ids"][4] = changed
-    with_ids = tmp_path / "with_ids.json"
-    with_ids.write_text(json.dumps(data))
-    result = check(setup, tiny_hf_dir, results=with_ids)
-    assert result.exit_code == 1
-    report = json.loads((tmp_path / "with_ids.torch-check.json").read_text())
-    assert report["compared_by"] == "token ids" and report["agree"] == 2
-    divergence = report["rows"][2]["divergence"]
-    assert (divergence["index"], divergence["mlx_token_source"]) == (4, "ids")
-    assert divergence["mlx_token"] == changed
-    assert divergence["torch_minus_mlx_logit"] > 0  # PyTorch's greedy pick scores highest
-
-
-def test_tokens_consistent_with_the_mlx_text():
-    from adapters.torch_check import consistent_tokens
-
-    texts = ["", "a", "ab", "abc", "b", "\ufffd", "x"]
-    byte_ids = {ord("a"): 1, 0xC3: 5}
-    assert consistent_tokens(texts, "abz", byte_ids) == [1, 2]
-    assert consistent_tokens(texts, "\ufffdb", byte_ids) == [5]  # an invalid byte sequence
-    assert consistent_tokens(texts, "é", byte_ids) == [5]  # byte fallback for a multibyte char

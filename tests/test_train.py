@@ -16,7 +16,7 @@ from convert.convert import convert_checkpoint
 from data import LeakageError
 from mlx_plamo3.loading import load_model
 from mlx_plamo3.lora import load_adapter, lora_parameters
-from train.checkpoints import latest_checkpoint, list_checkpoints
+from train.checkpoints import CheckpointError, latest_checkpoint, list_checkpoints
 from train.cli import train_command
 from train.config import TrainConfig
 from train.trainer import NonFiniteLossError, StepStats, Trainer, TrainError, train
@@ -129,7 +129,7 @@ def test_resume_equals_uninterrupted(tiny_mlx_dir, dataset, uninterrupted, tmp_p
     with pytest.raises(Interrupt):
         train(config(tiny_mlx_dir, dataset, adapter), on_step=stop_after(3), log=lambda _: None)
     assert [s for s, _ in list_checkpoints(adapter)] == [2]  # step 3 ran but was not saved
-    with pytest.raises(TrainError, match="--resume"):
+    with pytest.raises(CheckpointError, match="--resume"):
         Trainer(config(tiny_mlx_dir, dataset, adapter), log=lambda _: None)
 
     resumed = train(config(tiny_mlx_dir, dataset, adapter, resume=True), log=lambda _: None)

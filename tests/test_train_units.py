@@ -28,7 +28,8 @@ from train.cli import train_command
 from train.config import ConfigError, TrainConfig, load_yaml_config, merge_config, tracking_params
 from train.layers import pass_key, prepare_for_training, recomputing_loss_and_grad
 from train.loss import example_losses, unbatched_example_loss, weighted_loss
-from train.trainer import eval_subset, linear_lr, make_optimizer
+from train.step import make_optimizer
+from train.trainer import eval_subset
 
 TAG = "<|plamo:tag|>"
 SYSTEM = 'Tools:\n{"name": "get_time"}'
@@ -383,9 +384,7 @@ def test_learning_rate_follows_torch_linear_lr_as_the_seed_stepped_it():
         torch_lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    ours = [linear_lr(s, base, 0.1, total) for s in range(total)]
-    np.testing.assert_allclose(ours, torch_lrs, rtol=1e-9)
-
+    # The trainer logs the rate the optimizer applied: read back after each update.
     optimizer = make_optimizer(TrainConfig(learning_rate=base), total)
     params = {"w": mx.zeros((2,))}
     applied = []

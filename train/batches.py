@@ -86,7 +86,7 @@ def plan_steps(
     n_examples: int, examples_per_step: int, epochs: int, seed: int, shuffle: bool = True
 ) -> list[list[int]]:
     """Example indices of every optimizer step of the run. An epoch's last step may be smaller
-    (it is still taken, averaged over its own examples; the seed's loop dropped it)."""
+    (it is still taken, averaged over its own examples; the study's loop dropped it)."""
     if n_examples < 1:
         raise InputError("no training examples left (all rows dropped or the file is empty)")
     steps = []

@@ -1,10 +1,14 @@
-"""Training checkpoints: `<adapter dir>/checkpoints/step-XXXXXX/`.
+"""A run's adapter folder: the final adapter, `checkpoints/step-XXXXXX/` and `evals/`.
 
 Each holds the adapter (adapters.safetensors + adapter_config.json, loadable by `load_adapter`
 and `mlx-plamo eval`), the optimizer state (optimizer.safetensors: Adam moments, step count,
 learning rate) and trainer_state.json (step, counters, the run's MLflow id and the settings that
 must match on resume). The directory is staged beside its final name and renamed into place
 only when complete, so a kill mid-save leaves the previous checkpoint as the latest good one.
+`evals/step-XXXXXX.json` holds each checkpoint eval's records.
+
+The folder policy (`prepare_adapter_dir`): a folder holding a trained adapter or checkpoints is
+continued with resume, cleared of what training wrote with overwrite, and refused otherwise.
 """
 
 from __future__ import annotations
@@ -21,10 +25,17 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_directory, atomic_save_safetensors, atomic_write_json
-from mlx_plamo3.lora import ADAPTER_WEIGHTS, LoraConfig, lora_parameters, save_adapter
+from mlx_plamo3.lora import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    LoraConfig,
+    lora_parameters,
+    save_adapter,
+)
 from mlx_plamo3.model import Model
 
 CHECKPOINTS = "checkpoints"
+EVAL_DIR = "evals"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
 EVAL_FILE = "eval.json"
@@ -32,7 +43,33 @@ STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
 class CheckpointError(PlamoError, RuntimeError):
-    """A checkpoint is missing, incomplete or does not fit this run."""
+    """A checkpoint or adapter folder is missing, incomplete or does not fit this run."""
+
+
+def eval_records_path(adapter_dir: str | Path, step: int) -> Path:
+    return Path(adapter_dir) / EVAL_DIR / f"step-{step:06d}.json"
+
+
+def prepare_adapter_dir(adapter_dir: Path, overwrite: bool, resume: bool) -> Path | None:
+    """Apply the folder policy to `adapter_dir`; returns the checkpoint to resume from, if any.
+
+    overwrite removes what training writes there (checkpoints, evals, the final adapter) and
+    nothing else; without resume or overwrite a folder holding a run is refused."""
+    if adapter_dir.exists() and not adapter_dir.is_dir():
+        raise CheckpointError(f"--adapter-path {adapter_dir} is a file, not a directory")
+    if overwrite:
+        shutil.rmtree(adapter_dir / CHECKPOINTS, ignore_errors=True)
+        shutil.rmtree(adapter_dir / EVAL_DIR, ignore_errors=True)
+        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+            (adapter_dir / name).unlink(missing_ok=True)
+    elif not resume and (
+        latest_checkpoint(adapter_dir) is not None or (adapter_dir / ADAPTER_WEIGHTS).exists()
+    ):
+        raise CheckpointError(
+            f"{adapter_dir} already holds a trained adapter or checkpoints; pass --resume to "
+            "continue it, --overwrite to start over, or another --adapter-path"
+        )
+    return latest_checkpoint(adapter_dir) if resume else None
 
 
 def checkpoint_root(adapter_dir: str | Path) -> Path:

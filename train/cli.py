@@ -19,6 +19,7 @@ from click.core import ParameterSource
 from mlx_plamo3.errors import USER_ERRORS
 from mlx_plamo3.messages import model_option, next_step, quoted
 from train.config import ConfigError, TrainConfig, base_type, coerce, load_yaml_config, merge_config
+from train.trainer import memory_plan, train
 
 # Short spellings besides the generated `--<field-name>`.
 ALIASES = {
@@ -114,7 +115,7 @@ def train_command(
     as_json: bool,
     **params: Any,
 ) -> None:
-    """Train the tool-calling LoRA (the seed's recipe by default) on a built dataset.
+    """Train the tool-calling LoRA (the study's recipe by default) on a built dataset.
 
     \b
     Defaults: LoRA r=16, alpha=32 (scale alpha/r), dropout 0.05 on qkv_proj, o_proj,
@@ -128,7 +129,6 @@ def train_command(
     pass size, packing and gradient checkpointing that fit the budget (--memory-limit, else
     what MLX may use on this device); settings you give win. --plan shows the plan only.
     """
-    from train.trainer import memory_plan, train
 
     try:
         config = build_config(ctx, config_file, params)

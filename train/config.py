@@ -1,4 +1,4 @@
-"""The training configuration: the seed's recipe as defaults, merged flag > YAML file > default.
+"""The training configuration: the study's recipe as defaults, merged flag > YAML file > default.
 
 Every setting is a field of `TrainConfig` with its help text in the field's metadata, so the
 dataclass is the single source of truth: the CLI options are generated from it, a YAML file is
@@ -11,23 +11,24 @@ from __future__ import annotations
 import difflib
 import re
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from data import resolve_dataset
+from eval.harness import STUDY_MAX_NEW_TOKENS
+from eval.metric_keys import DEFAULT_EXPERIMENT
 from mlx_plamo3.errors import PlamoError
+from mlx_plamo3.loading import DTYPES
 from mlx_plamo3.lora import ALL_LINEAR, AdapterError, LoraConfig
 from mlx_plamo3.paths import artifact_dir, default_model_dir
 from mlx_plamo3.paths import mlflow_uri as default_mlflow_uri
 
-DTYPES = ("bfloat16", "float16", "float32")
 # Settings that change how a step is computed, never its result; the memory plan fills in those
 # not given.
 BATCHING = ("max_batch_tokens", "packing", "grad_checkpoint")
-DEFAULT_EXPERIMENT = "plamo3-tool-calling"
 # Param names that could carry credentials never reach MLflow (none exists today; a guard).
 # Matched as whole name parts, so `max_batch_tokens` is kept and `hf_token` is not.
 SECRET_NAME = re.compile(r"(^|_)(token|secret|password|passwd|credentials?|api_?key)(_|$)", re.I)
@@ -91,7 +92,7 @@ class TrainConfig:
     adam_eps: float = setting(1e-8, "AdamW epsilon.")
     grad_accum: int = setting(
         8,
-        "Examples per optimizer step (the seed's gradient accumulation at batch size 1); the "
+        "Examples per optimizer step (the study's gradient accumulation at batch size 1); the "
         "step's loss is the mean of their per-example losses.",
     )
     max_grad_norm: float = setting(1.0, "Clip the global gradient norm to this (0: no clip).")
@@ -103,7 +104,9 @@ class TrainConfig:
     shuffle: bool = setting(True, "Shuffle the examples each epoch (seeded); off: file order.")
     # ---- compute --------------------------------------------------------------------------
     dtype: str = setting(
-        "bfloat16", "Dtype of the base weights (LoRA parameters stay float32).", choices=DTYPES
+        "bfloat16",
+        "Dtype of the base weights (LoRA parameters stay float32).",
+        choices=tuple(DTYPES),
     )
     packing: bool | None = setting(
         None,
@@ -143,7 +146,9 @@ class TrainConfig:
         None, "Evaluate this many eval cases (call and no-call in proportion) [default: all]."
     )
     eval_batch_size: int = setting(8, "Generation batch size of the checkpoint eval.")
-    eval_max_new_tokens: int = setting(160, "New tokens per eval answer (greedy), as the seed.")
+    eval_max_new_tokens: int = setting(
+        STUDY_MAX_NEW_TOKENS, "New tokens per eval answer (greedy), as the study."
+    )
     # ---- tracking and output -----------------------------------------------------------------
     mlflow: bool = setting(True, "Track the run in MLflow.")
     mlflow_uri: str | None = setting(
@@ -230,7 +235,7 @@ class TrainConfig:
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite exclude each other")
         try:
@@ -338,14 +343,6 @@ def merge_config(
     merged = {**(file_values or {}), **(flag_values or {})}
     check_keys(merged, "settings")
     return TrainConfig(**merged).validate()
-
-
-def defaults() -> dict[str, Any]:
-    """Each field's default value (for help texts and documentation)."""
-    out = {}
-    for f in fields(TrainConfig):
-        out[f.name] = f.default_factory() if f.default is MISSING else f.default
-    return out
 
 
 def tracking_params(config: TrainConfig, extra: dict[str, Any] | None = None) -> dict[str, str]:

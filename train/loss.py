@@ -1,6 +1,6 @@
 """The assistant-only loss and its normalisation.
 
-The seed's loop (finetune/train_lora.py, read on GitHub) ran one example per forward pass and
+The study's loop (finetune/train_lora.py, read on GitHub) ran one example per forward pass and
 called `(out.loss / 8).backward()` with transformers' causal-LM loss, which is the mean
 cross-entropy over the example's supervised tokens (labels != -100, after the shift). So its
 update used the gradient of
@@ -12,8 +12,8 @@ each example weighing the same however long its answer. That is what the weights
 examples in the step) on each supervised target. Summed over a step's forward passes it is the
 step loss, independent of how the examples were packed or split.
 
-Supervised tokens (differs from the seed in one token): exactly each assistant turn's content
-and its `<|plamo:tag|>` terminator. The seed appended an extra eos after the template's render
+Supervised tokens (differs from the study in one token): exactly each assistant turn's content
+and its `<|plamo:tag|>` terminator. The study appended an extra eos after the template's render
 and supervised it too; the chat template does not put eos there, so it is not trained here.
 """
 
@@ -85,7 +85,7 @@ def example_losses(model: nn.Module, batch: MicroBatch) -> dict[int, float]:
 
 def unbatched_example_loss(model: nn.Module, example: Example) -> float:
     """The reference: one example alone, default positions, no packing, mean over its
-    supervised targets (what the seed's per-example `out.loss` was)."""
+    supervised targets (what the study's per-example `out.loss` was)."""
     ids = mx.array([example.ids], dtype=mx.int32)
     logits = model(ids[:, :-1])
     ce = token_cross_entropy(logits, ids[:, 1:])[0]

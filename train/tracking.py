@@ -4,6 +4,9 @@ The default store is `sqlite:///<artifacts root>/mlflow.db` (`mlx_plamo3.paths.m
 so `artifacts/mlflow.db` unless MLX_PLAMO_HOME is set); see runs with
 `mlflow ui --backend-store-uri sqlite:///artifacts/mlflow.db`. Artifacts of a new experiment
 go beside a sqlite store, in `mlartifacts/`, rather than into the working directory.
+
+This module logs the metrics it is given under their keys; the names the trainer logs and the
+report reads (loss, examples_seen, eval_<rate>, eval_strict_<rate>) live in `eval.metric_keys`.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import logging
 import math
 from pathlib import Path
 from typing import Any, Protocol
+
+from mlx_plamo3.paths import sqlite_path
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +53,8 @@ class NullTracker:
 
 def sqlite_artifact_location(uri: str) -> str | None:
     """`file://<db folder>/mlartifacts` for a sqlite store, else None (MLflow's default)."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    db = Path(uri[len(prefix) :]).expanduser().resolve()
-    return (db.parent / "mlartifacts").as_uri()
+    db = sqlite_path(uri)
+    return None if db is None else (db.resolve().parent / "mlartifacts").as_uri()
 
 
 def finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -72,8 +74,9 @@ class MlflowTracker:
     def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None = None) -> None:
         import mlflow
 
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite_path(uri)
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
         self._mlflow = mlflow
         mlflow.set_tracking_uri(uri)
         found = mlflow.get_experiment_by_name(experiment)

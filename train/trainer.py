@@ -1,11 +1,11 @@
-"""The LoRA training loop: the seed's recipe, natively in MLX.
+"""The LoRA training loop: the study's recipe, natively in MLX.
 
 Per optimizer step: the step's examples (fixed up front by `plan_steps`) are packed into one or
 more forward passes, each a compiled value-and-grad over the LoRA parameters; their gradients
 are summed (the loss weights already average over the step's examples), checked for NaN/inf,
 clipped to `max_grad_norm` and applied by AdamW (torch's: decoupled weight decay 0.01, bias
 correction) at the learning rate of a linear decay from `learning_rate` to `lr_end_factor` of it
-(torch's `LinearLR(1.0, 0.1, total_iters=steps)`, as the seed stepped it). Checkpoints every
+(torch's `LinearLR(1.0, 0.1, total_iters=steps)`, as the study stepped it). Checkpoints every
 `checkpoint_every` steps; the frozen eval at checkpoints, logged and printed.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -21,24 +20,29 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-import mlx.nn as nn
-import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_flatten
 from tqdm import tqdm
 
+from data import check_no_leak, load_rows, resolve_dataset
+from data.store import EVAL_FILE, TRAIN_FILE, eval_files
+from eval.harness import run_eval
+from eval.metric_keys import EXAMPLES_SEEN, LOSS, checkpoint_eval_metrics
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_write_json, file_sha256
-from mlx_plamo3.loading import CheckpointError, read_config
-from mlx_plamo3.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, apply_lora, save_adapter
-from mlx_plamo3.memory import MX_DTYPES, budget
+from mlx_plamo3.loading import DTYPES, CheckpointError, load_model, read_config
+from mlx_plamo3.lora import ADAPTER_CONFIG, apply_lora, save_adapter
+from mlx_plamo3.memory import budget
 from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.paths import mlflow_uri
-from train.batches import Encoded, MicroBatch, encode_rows, micro_batches, plan_steps
+from mlx_plamo3.tokenizer import Plamo3Tokenizer
+from train.batches import Encoded, encode_rows, micro_batches, plan_steps
 from train.checkpoints import (
-    CHECKPOINTS,
+    EVAL_DIR,
     checkpoint_path,
+    eval_records_path,
     latest_checkpoint,
     load_checkpoint,
+    prepare_adapter_dir,
     prune_checkpoints,
     read_trainer_state,
     save_checkpoint,
@@ -46,15 +50,12 @@ from train.checkpoints import (
 from train.config import TrainConfig, tracking_params
 from train.layers import (
     ForwardKeys,
-    pass_key,
     prepare_for_training,
-    recomputing_loss_and_grad,
 )
-from train.loss import weighted_loss
 from train.memory import MemoryPlan, MemoryPlanError, Planner, apply_limits
+from train.step import accumulate_passes, global_norm, make_optimizer, step_functions
 from train.tracking import Tracker, make_tracker
 
-EVAL_DIR = "evals"
 # Settings a resumed run must share with the checkpoint, or the "same run" is another run.
 RESUME_KEYS = (
     "lora_r",
@@ -75,7 +76,6 @@ RESUME_KEYS = (
     "shuffle",
     "dtype",
 )
-EVAL_METRICS = ("parse_rate", "func_name_acc", "args_exact_match", "false_call_rate")
 
 
 class TrainError(PlamoError, RuntimeError):
@@ -112,12 +112,12 @@ class StepStats:
         return self.supervised_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def metrics(self) -> dict[str, float]:
-        """MLflow metrics; loss, lr, examples_seen and minutes_elapsed are the seed's names."""
+        """MLflow metrics; loss, lr, examples_seen and minutes_elapsed are the study's names."""
         return {
-            "loss": self.loss,
+            LOSS: self.loss,
             "lr": self.lr,
             "grad_norm": self.grad_norm,
-            "examples_seen": self.examples_seen,
+            EXAMPLES_SEEN: self.examples_seen,
             "minutes_elapsed": self.elapsed_minutes,
             "tokens_per_second": self.tokens_per_second,
             "supervised_tokens_per_second": self.supervised_tokens_per_second,
@@ -150,57 +150,6 @@ class TrainResult:
 
 
 # ---- small pure helpers ----------------------------------------------------------------------
-
-
-def linear_lr(step: int, base: float, end_factor: float, total_steps: int) -> float:
-    """Learning rate of optimizer step `step` (0-based): `base` at step 0, decaying linearly
-    towards `end_factor * base`, reached at `total_steps` (torch LinearLR stepped per update)."""
-    fraction = min(step, total_steps) / max(1, total_steps)
-    return base * (1.0 - (1.0 - end_factor) * fraction)
-
-
-def make_optimizer(config: TrainConfig, total_steps: int) -> optim.AdamW:
-    schedule = optim.linear_schedule(
-        config.learning_rate, config.learning_rate * config.lr_end_factor, max(1, total_steps)
-    )
-    # torch's AdamW (the seed's) corrects the moments' bias; MLX's does only when asked.
-    return optim.AdamW(
-        learning_rate=schedule,
-        betas=[config.adam_beta1, config.adam_beta2],
-        eps=config.adam_eps,
-        weight_decay=config.weight_decay,
-        bias_correction=True,
-    )
-
-
-def step_functions(
-    model: nn.Module, optimizer: optim.Optimizer, keys: ForwardKeys, cfg: TrainConfig
-) -> tuple[Callable[..., Any], Callable[[Any], None]]:
-    """One forward pass's (loss, gradients), and the optimizer update with clipping: compiled
-    when cfg.compile (with gradient checkpointing, the layer-by-layer recomputation is not).
-    The benchmarks measure these same two functions."""
-
-    def pass_loss(inputs, targets, weights, positions, segments, valid, scored, key):
-        keys.set(key)
-        return weighted_loss(model, inputs, targets, weights, positions, segments, valid, scored)
-
-    def apply_update(grads):
-        if cfg.max_grad_norm > 0:
-            grads, _ = optim.clip_grad_norm(grads, cfg.max_grad_norm)
-        optimizer.update(model, grads)
-
-    if cfg.grad_checkpoint:
-        loss_and_grad = recomputing_loss_and_grad(model, keys)
-    else:
-        loss_and_grad = nn.value_and_grad(model, pass_loss)
-    if cfg.compile:
-        # Explicit state: the model's (value_and_grad swaps its parameters during the trace)
-        # and the optimizer's (moments, step, scheduled learning rate).
-        if not cfg.grad_checkpoint:
-            loss_and_grad = mx.compile(loss_and_grad, inputs=model.state, outputs=model.state)
-        both = [model.state, optimizer.state]
-        apply_update = mx.compile(apply_update, inputs=both, outputs=both)
-    return loss_and_grad, apply_update
 
 
 def data_recipe(data_dir: Path) -> str:
@@ -237,30 +186,6 @@ def eval_subset(rows: Sequence[dict[str, Any]], limit: int | None) -> list[dict[
     return [r for r in rows if id(r) in chosen]
 
 
-def accumulate_passes(
-    loss_and_grad: Callable[..., Any], batches: Sequence[MicroBatch], seed: int, step_index: int
-) -> tuple[mx.array, dict[str, Any]]:
-    """(step loss, step gradients): the sums over a step's forward passes, each pass evaluated
-    before the next so the graph never spans two passes."""
-    loss, grads = None, None
-    for pass_index, batch in enumerate(batches):
-        arrays = [mx.array(a) for a in batch.arrays()]
-        pass_loss, pass_grads = loss_and_grad(*arrays, pass_key(seed, step_index, pass_index))
-        if grads is None:
-            loss, grads = pass_loss, pass_grads
-        else:
-            loss = loss + pass_loss
-            grads = tree_map(mx.add, grads, pass_grads)
-        mx.eval(loss, grads)
-    return loss, grads
-
-
-def global_norm(grads: dict[str, Any]) -> mx.array:
-    return mx.sqrt(
-        sum((g.astype(mx.float32).square().sum() for _, g in tree_flatten(grads)), mx.array(0.0))
-    )
-
-
 def format_eval(step: int, total: int, summary: dict[str, Any]) -> str:
     def pct(value: Any) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}%"
@@ -280,14 +205,6 @@ def format_eval(step: int, total: int, summary: dict[str, Any]) -> str:
             f"false-call {pct(strict.get('false_call_rate'))}"
         )
     return line
-
-
-def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    metrics = {f"eval_{k}": summary.get(k) for k in EVAL_METRICS}
-    strict = summary.get("strict")
-    if isinstance(strict, dict):
-        metrics |= {f"eval_strict_{k}": strict.get(k) for k in EVAL_METRICS}
-    return {k: v for k, v in metrics.items() if v is not None}
 
 
 def echo(message: str) -> None:
@@ -348,8 +265,6 @@ class Trainer:
             raise TrainError(str(exc)) from None
 
     def _setup_data(self) -> None:
-        from data import check_no_leak, load_rows, resolve_dataset
-        from data.store import EVAL_FILE, TRAIN_FILE, eval_files
 
         cfg = self.config
         try:
@@ -378,28 +293,14 @@ class Trainer:
         return self.config.adapter_dir()
 
     def _setup_output(self) -> None:
-        cfg = self.config
         self.adapter_dir = self._adapter_dir()
-        if self.adapter_dir.exists() and not self.adapter_dir.is_dir():
-            raise TrainError(f"--adapter-path {self.adapter_dir} is a file, not a directory")
-        existing = latest_checkpoint(self.adapter_dir)
-        final = self.adapter_dir / ADAPTER_WEIGHTS
-        if cfg.overwrite:
-            shutil.rmtree(self.adapter_dir / CHECKPOINTS, ignore_errors=True)
-            shutil.rmtree(self.adapter_dir / EVAL_DIR, ignore_errors=True)
-            for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-                (self.adapter_dir / name).unlink(missing_ok=True)
-        elif not cfg.resume and (existing is not None or final.exists()):
-            raise TrainError(
-                f"{self.adapter_dir} already holds a trained adapter or checkpoints; pass "
-                "--resume to continue it, --overwrite to start over, or another --adapter-path"
-            )
-        self.resume_from = latest_checkpoint(self.adapter_dir) if cfg.resume else None
-        if cfg.resume and self.resume_from is None:
+        self.resume_from = prepare_adapter_dir(
+            self.adapter_dir, self.config.overwrite, self.config.resume
+        )
+        if self.config.resume and self.resume_from is None:
             self.log(f"no checkpoint under {self.adapter_dir}; starting from step 0")
 
     def _setup_examples(self) -> None:
-        from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
         cfg = self.config
         self.base_model_id, self.base_revision = base_model_info(self.model_dir, cfg.base_model_id)
@@ -432,10 +333,9 @@ class Trainer:
             self.log(warning)
 
     def _setup_model(self) -> None:
-        from mlx_plamo3.loading import load_model
 
         cfg = self.config
-        self.model = load_model(self.model_dir, dtype=MX_DTYPES[cfg.dtype])
+        self.model = load_model(self.model_dir, dtype=DTYPES[cfg.dtype])
         mx.random.seed(cfg.seed)  # the LoRA init
         self.lora_config = cfg.lora_config()
         apply_lora(self.model, self.lora_config)
@@ -581,7 +481,7 @@ class Trainer:
             step=step_index + 1,
             total_steps=self.total_steps,
             loss=loss_value,
-            lr=linear_lr(step_index, cfg.learning_rate, cfg.lr_end_factor, self.total_steps),
+            lr=float(self.optimizer.learning_rate.item()),  # the rate this update used
             grad_norm=norm_value,
             examples=len(examples),
             examples_seen=self.state["examples_seen"],
@@ -625,7 +525,6 @@ class Trainer:
     def checkpoint_eval(self, step: int) -> tuple[dict[str, Any], Path]:
         """The frozen eval (or its subset) on the current adapter: its summary, and the path
         of its per-question records (under evals/)."""
-        from eval.harness import run_eval
 
         cfg = self.config
         rows = eval_subset(self.eval_rows, cfg.eval_limit)
@@ -642,7 +541,7 @@ class Trainer:
             )
         finally:
             self.model.train()
-        path = self.adapter_dir / EVAL_DIR / f"step-{step:06d}.json"
+        path = eval_records_path(self.adapter_dir, step)
         atomic_write_json(path, records)
         return records["summary"], path
 
@@ -726,7 +625,7 @@ class Trainer:
     def _run_eval(self, step: int, tracker: Tracker, result: TrainResult) -> None:
         summary, records = self.checkpoint_eval(step)
         result.evals[step] = summary
-        tracker.log_metrics(eval_metrics(summary), step=step)
+        tracker.log_metrics(checkpoint_eval_metrics(summary), step=step)
         tracker.log_artifact(records, EVAL_DIR)
         self.log(format_eval(step, self.total_steps, summary))
 
@@ -737,7 +636,7 @@ class Trainer:
             self.config.checkpoint_eval and step > 0 and self.due(step, self.config.eval_interval())
         ):
             return
-        if not (self.adapter_dir / EVAL_DIR / f"step-{step:06d}.json").is_file():
+        if not eval_records_path(self.adapter_dir, step).is_file():
             self._run_eval(step, tracker, result)
 
     def _finish(self, tracker: Tracker, result: TrainResult) -> None:

@@ -8,25 +8,26 @@ prefix, a factor rename and a transpose. MLX computes `x @ lora_a @ lora_b` with
     <path>.lora_a  [in, r]   <->  base_model.model.<path>.lora_A.weight  [r, in]
     <path>.lora_b  [r, out]  <->  base_model.model.<path>.lora_B.weight  [out, r]
 
-Every check here raises `AdapterError` listing all problems at once, naming the file and key.
+Library knowledge: the key map, the shapes a base needs, reading and checking a PEFT adapter
+(and an MLX one against a base), and writing the PEFT files; `adapters.export` makes the
+export directory around them. Every check here raises `AdapterError` listing all problems at
+once, naming the file and key.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mlx_plamo3.io import (
-    atomic_directory,
     atomic_save_safetensors,
     atomic_write_json,
-    atomic_write_text,
     file_sha256,
 )
-from mlx_plamo3.loading import weight_problems
+from mlx_plamo3.loading import CheckpointError, read_safetensors_header, weight_problems
 from mlx_plamo3.lora import (
     ADAPTER_WEIGHTS,
     BASE_WEIGHTS_KEY,
@@ -47,7 +48,6 @@ EXPORT_INFO = "mlx_plamo3_export.json"
 EXPORT_FORMAT = "mlx-plamo3-peft-export"
 PEFT_PREFIX = "base_model.model."
 DEFAULT_BASE_MODEL = "pfnet/plamo-3-nict-2b-base"
-EXPORT_WRITER = "mlx-plamo export"  # names its output directories (mlx_plamo3.io)
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 
 # MLX factor name -> PEFT factor name; both factors are stored transposed on the PEFT side.
@@ -227,7 +227,6 @@ def read_peft_adapter(adapter_dir: str | Path) -> PeftAdapter:
 
     Refuses what the MLX side cannot reproduce: non-LoRA adapters, rsLoRA/DoRA, fan-in-fan-out
     layouts, regex target_modules, and factors inconsistent with the config."""
-    from mlx_plamo3.loading import CheckpointError, read_safetensors_header
 
     root = Path(adapter_dir)
     config_path, weights_path = root / PEFT_CONFIG, root / PEFT_WEIGHTS
@@ -435,45 +434,3 @@ def write_peft_adapter(
     }
     atomic_write_json(out_dir / EXPORT_INFO, info)
     return info
-
-
-def export_peft(
-    adapter_dir: str | Path,
-    out_dir: str | Path,
-    dtype: str = "float32",
-    base_model: str | None = None,
-    revision: str | None = None,
-    results: Sequence[str | Path] = (),
-    force: bool = False,
-    hub_repo: str | None = None,
-) -> Path:
-    """Export an MLX adapter as a PEFT adapter directory, atomically: adapter_model.safetensors,
-    adapter_config.json, README.md (the model card), eval/<records>.json and the provenance.
-    `hub_repo` is the repo id the card's loading snippet names (default: `out_dir`)."""
-    import shutil
-
-    from adapters.card import model_card
-    from eval.records import RecordsError, load_records
-
-    try:
-        records = [load_records(path) for path in results]
-    except RecordsError as exc:
-        raise AdapterError(str(exc)) from None
-    names = [r.path.name for r in records]
-    if len(set(names)) != len(names):
-        raise AdapterError(f"two --results files share a file name: {names}")
-    out_dir = Path(out_dir)
-    with atomic_directory(out_dir, EXPORT_WRITER, force=force) as staging:
-        info = write_peft_adapter(adapter_dir, staging, dtype, base_model, revision)
-        peft_config = json.loads((staging / PEFT_CONFIG).read_text())
-        for record in records:
-            (staging / "eval").mkdir(exist_ok=True)
-            shutil.copyfile(record.path, staging / "eval" / record.path.name)
-        card = model_card(
-            info["mlx_adapter_config"],
-            peft_config,
-            records,
-            repo_or_dir=hub_repo or str(out_dir),
-        )
-        atomic_write_text(staging / "README.md", card)
-    return out_dir

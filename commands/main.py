@@ -1,5 +1,9 @@
-"""The `mlx-plamo` command line. Each command is imported only when it is run, so
-`mlx-plamo --help` stays fast and a command never pays for another's heavy imports."""
+"""The `mlx-plamo` command line: one group over every stage's commands.
+
+Each command lives with its stage (`<stage>/cli.py`; `python -m convert` is convert's) and is
+imported only when it is run, by name from the table below, so `mlx-plamo --help` stays fast
+and a command never pays for another's heavy imports (torch, mlflow). This package is the top
+layer: it may name every stage."""
 
 from __future__ import annotations
 
@@ -9,16 +13,16 @@ import click
 
 # command name -> "module:attribute" of a click command; the stage owns its command.
 COMMANDS: dict[str, str] = {
-    "tiny": "convert.tiny:tiny_command",
-    "convert": "convert.__main__:convert_command",
-    "generate": "mlx_plamo3.generate:generate_command",
+    "tiny": "convert.cli:tiny_command",
+    "convert": "convert.cli:convert_command",
+    "generate": "commands.generate:generate_command",
     "data": "data.cli:data_group",
     "train": "train.cli:train_command",
     "eval": "eval.cli:eval_command",
     "score": "eval.cli:score_command",
     "export": "adapters.cli:export_command",
-    "check-torch": "adapters.torch_check:check_torch_command",
-    "report": "eval.report:report_command",
+    "check-torch": "adapters.cli:check_torch_command",
+    "report": "eval.cli:report_command",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -63,7 +67,3 @@ def main(ctx: click.Context) -> None:
     """PLaMo 3 tool calling in MLX: convert, data, train, eval, export, check."""
     if ctx.invoked_subcommand is None:  # bare `mlx-plamo`: the help, and success
         click.echo(ctx.get_help())
-
-
-if __name__ == "__main__":
-    main()
