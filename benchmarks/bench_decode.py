@@ -53,10 +53,10 @@ from benchmarks.common import (
 from convert.tiny import TINY_CONFIG
 from convert.tiny_vocab import tiny_vocab_rows
 from mlx_plamo3.generate import SamplingConfig, generate
+from mlx_plamo3.loading import DTYPES
 from mlx_plamo3.model import Model, ModelArgs
 
 NAME = "bench_decode"
-DTYPES = {"bfloat16": mx.bfloat16, "float16": mx.float16, "float32": mx.float32}
 # The seed study: llama.cpp b9596, Metal, Q8_0 PLaMo 3 2B on an M4 Pro (48 GB),
 # llama-batched-bench -npp 512 -ntg 128 (aggregate decode tokens/s).
 SEED_LLAMA_CPP_M4PRO = {1: 79, 2: 148, 4: 178, 8: 182, 16: 391}

@@ -42,6 +42,7 @@ from mlx_plamo3.lora import (
 )
 from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.peft import (
+    DEFAULT_BASE_MODEL,
     EXPORT_DTYPES,
     PEFT_WEIGHTS,
     check_peft_fits_base,
@@ -71,7 +72,7 @@ def write_random_adapter(out_dir: Path, config: dict, rank: int) -> int:
             "lora_dropout": lora.lora_dropout,
             "target_modules": lora.target_modules,
             "base_fingerprint": base_fingerprint(args),
-            "base_model_name_or_path": "pfnet/plamo-3-nict-2b-base",
+            "base_model_name_or_path": DEFAULT_BASE_MODEL,
         },
     )
     return sum(int(v.size) for v in weights.values())

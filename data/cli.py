@@ -143,3 +143,5 @@ def check_leak_command(train: Path, eval_path: Path) -> None:
         f"no leakage: 0 of {len(eval_rows)} eval queries occur in the {len(train_rows)} "
         "training rows"
     )
+    if train.is_dir():
+        click.echo(next_step(f"mlx-plamo train --data {quoted(train)}"))

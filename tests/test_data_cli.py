@@ -53,6 +53,7 @@ def test_build_combines_repeated_sources_and_check_leak_passes(tmp_path: Path) -
     # eval.jsonl (52) and eval_fresh.jsonl are both checked
     fresh = len((tmp_path / "v1" / "eval_fresh.jsonl").read_text().splitlines())
     assert f"0 of {52 + fresh} eval queries" in out
+    assert out.splitlines()[-1] == f"next: mlx-plamo train --data {tmp_path / 'v1'}"
 
 
 def test_check_leak_fails_naming_the_query(tmp_path: Path) -> None:

@@ -199,6 +199,7 @@ def test_plan_flag_needs_no_weights_and_prints_json(tiny_mlx_dir, tiny_data_dir,
         assert key in plan
     text = runner.invoke(train_command, [*common, "--memory-limit", "2"])
     assert text.exit_code == 0 and "memory plan: peak ~" in text.output
+    assert text.output.rstrip().endswith("without --plan")
     assert not any(p.name.startswith("adapter") for p in tmp_path.rglob("*"))
 
 

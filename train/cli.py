@@ -147,6 +147,8 @@ def train_command(
             raise click.ClickException(str(exc)) from None
         if as_json:
             click.echo(json.dumps(plan.to_dict(), indent=2))
+        else:
+            click.echo(next_step("the same `mlx-plamo train` command without --plan"))
         return
     try:
         result = train(config)
