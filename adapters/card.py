@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from data.prompt import SYSTEM_PROMPT_PREFIX
+from eval.bfcl import is_bfcl_row
+from eval.bfcl_scoring import category_cells
 from eval.harness import STUDY_MAX_NEW_TOKENS
 from eval.records import Records
 from eval.scoring import RATE_KEYS, describe_rate, summarize
@@ -74,6 +76,22 @@ def eval_table(records: Sequence[Records], mode: str) -> str:
         summary = summarize(record.rows, mode, condition=record.condition)
         cells = [rate_cell(summary, key) for key in RATE_KEYS]
         lines.append(f"| {record.condition} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bfcl_table(records: Sequence[Records]) -> str:
+    """One row per BFCL records file and category: BFCL's accuracy (k/n, 95% Wilson interval),
+    the fair accuracy, and the parse or false-call rate."""
+    lines = [
+        "| condition | category | BFCL accuracy | fair | parse / false call |",
+        "|---|---|---|---|---|",
+    ]
+    for record in records:
+        for c in category_cells(record.rows):
+            lines.append(
+                f"| {record.condition} | {c['category']} | {c['accuracy']} | {c['fair']} | "
+                f"{c['other']} |"
+            )
     return "\n".join(lines)
 
 
@@ -151,6 +169,8 @@ def model_card(
         "## Evaluation",
         "",
     ]
+    bfcl_records = [r for r in records if any(map(is_bfcl_row, r.rows))]
+    records = [r for r in records if r not in bfcl_records]
     if records:
         n_call = sum(r["kind"] == "call" for r in records[0].rows)
         n_nocall = len(records[0].rows) - n_call
@@ -169,8 +189,18 @@ def model_card(
             "",
             "The per-question records (question, gold, prediction) are in `eval/`.",
         ]
-    else:
+    elif not bfcl_records:
         parts.append("No evaluation records were exported with this adapter.")
+    if bfcl_records:
+        parts += [
+            "",
+            "### BFCL v4: tools never trained on",
+            "",
+            "Berkeley Function Calling Leaderboard questions, scored by BFCL's own AST rules "
+            "(`fair` also accepts parallel calls in any order):",
+            "",
+            bfcl_table(bfcl_records),
+        ]
     parts += [
         "",
         "## Training",

@@ -246,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(
         ["batch", "aggregate decode tok/s"],
         seed_rows,
-        title="Reference (not run here): the seed study, llama.cpp Q8_0 PLaMo 3 2B, M4 Pro Metal",
+        title="Reference (not run here): the study, llama.cpp Q8_0 PLaMo 3 2B, M4 Pro Metal",
     )
     write_report(
         args.out,
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [
             "decode rate = batch x (N - 1) / (t(N) - t(1)), medians over repeats",
             "random weights; no stop tokens, every row decodes N tokens",
-            "the seed's llama.cpp numbers were measured on other hardware and are not rerun",
+            "the study's llama.cpp numbers were measured on other hardware and are not rerun",
         ],
         started,
     )

@@ -1,11 +1,15 @@
-"""The 52-case tool-calling eval: batched with prefix reuse vs one question at a time.
+"""The tool-calling eval: batched with prefix reuse vs one question at a time.
 
 Run from the repository root:
     python -m benchmarks.bench_eval [--repeats 3] [--model DIR] [--batch-size 8]
+    python -m benchmarks.bench_eval --suite bfcl [--per-category 20] [--batch-size 16]
+
+With --suite bfcl the rows are BFCL v4's (`eval.bfcl`, every category, the first N questions of
+each with --per-category); otherwise the frozen 52 below.
 
 Rows: the v2 eval built by the data package (`mlx-plamo data build --recipe v2 --source
 data/samples/llamafactory_glaive_toolcall_en_demo.json`, into the work directory; not timed):
-40 call + 12 no-call questions, each with the seed's system prompt and its tool list.
+40 call + 12 no-call questions, each with the study's system prompt and its tool list.
 
 Model: the tiny random test checkpoint (convert/tiny.py) by default, or --model (any converted
 or HF-layout PLaMo 3 directory). A random model rarely emits its stop token, so nearly every
@@ -15,7 +19,7 @@ Competitors, in one process on the same model and rows, rotating which goes firs
 - batched: `eval.harness.run_eval(..., batch_size=8, share_prefix=True)` (prompts sorted so
   that questions with the same tool list share a batch; their common prefix is run once).
 - sequential: `run_eval(..., batch_size=1, share_prefix=False)`, one question at a time with
-  no reuse, as the seed's eval loop ran.
+  no reuse, as the study's eval loop ran.
 - batched, no reuse (a third mode, to separate the two effects; --no-third-mode skips it).
 All decode greedily with 160 new tokens; the predictions must be identical, and are checked.
 """
@@ -47,7 +51,8 @@ from benchmarks.common import (
     write_report,
 )
 from convert.tiny import write_tiny_checkpoint
-from eval.harness import run_eval
+from eval.bfcl import SUITE, case_row, load_cases
+from eval.harness import SUITES, run_eval
 from mlx_plamo3.loading import load
 
 NAME = "bench_eval"
@@ -90,7 +95,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-new-tokens", type=int, default=160, help="greedy tokens per answer at most"
     )
-    parser.add_argument("--fewshot", action="store_true", help="the seed's 2-shot prompt")
+    parser.add_argument("--fewshot", action="store_true", help="the study's 2-shot prompt")
+    parser.add_argument(
+        "--suite", choices=SUITES, default="frozen", help="the question set [frozen]"
+    )
+    parser.add_argument(
+        "--per-category", type=int, help="with --suite bfcl: questions per category [all]"
+    )
     parser.add_argument(
         "--no-third-mode", action="store_true", help="skip 'batched, no reuse' (prefix effect)"
     )
@@ -98,7 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
 
     with WorkDir(args.work_dir, "bench_eval_") as work:
-        if args.eval_file is not None:
+        if args.suite == SUITE:
+            rows = [case_row(c) for c in load_cases(limit_per_category=args.per_category)]
+            rows_source = f"BFCL v4, {args.per_category or 'all'} questions per category"
+        elif args.eval_file is not None:
             rows = [json.loads(x) for x in args.eval_file.read_text().splitlines() if x]
             rows_source = str(args.eval_file)
         else:
@@ -169,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(
         ["mode", "runs", "median s", "ms/question", "speed-up vs sequential", "≈ new tok/s"],
         rows_out,
-        title=f"The {len(rows)}-question eval on {mlx_device()} ({blas_note()}), model "
-        f"{'tiny random' if args.model is None else args.model}, {args.max_new_tokens} new "
+        title=f"The {len(rows)}-question {args.suite} eval on {mlx_device()} ({blas_note()}), "
+        f"model {'tiny random' if args.model is None else args.model}, {args.max_new_tokens} new "
         f"tokens max; predictions identical: {'yes' if identical else 'NO'}",
     )
     write_report(
@@ -183,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "max_new_tokens": args.max_new_tokens,
             "fewshot": args.fewshot,
+            "suite": args.suite,
+            "per_category": args.per_category,
             "repeats": args.repeats,
             "device": mlx_device(),
             "blas": blas_note(),

@@ -6,7 +6,7 @@ Run from the repository root:
 
 Nothing is trained: this prints `train.memory.Planner`'s predictions (the same code the trainer
 runs before step 1) for steps of eight examples of 300-610 tokens (seeded), the length mix of
-the seed's v2 data. A Mac's budget is MLX's default on Metal, about 75% of its RAM; the 24 GB
+the study's v2 data. A Mac's budget is MLX's default on Metal, about 75% of its RAM; the 24 GB
 row is also shown at `--memory-limit 17`, the figure the issue names.
 """
 

@@ -4,7 +4,7 @@ Run from the repository root:
     python -m benchmarks.bench_tokenizer [--examples 1718] [--synthetic-size 32000]
 
 Corpus: the bundled glaive rows (data/samples, or --glaive-dir) turned into chat
-messages with the seed's system prompt; without them, deterministic text made from the tiny
+messages with the study's system prompt; without them, deterministic text made from the tiny
 vocabulary's words. Vocabularies: the tiny test vocabulary, a synthetic one of --synthetic-size
 pieces grown from the corpus (closer to a real unigram vocabulary's trie depth), and a real
 checkpoint's with --tokenizer-dir. Workloads, over --examples conversations (the corpus cycled):
@@ -56,7 +56,7 @@ Message = dict[str, str]
 
 
 def sharegpt_messages(row: dict[str, Any]) -> list[Message]:
-    """A LLaMA-Factory glaive row as chat messages under the seed's system prompt."""
+    """A LLaMA-Factory glaive row as chat messages under the study's system prompt."""
     messages = [{"role": "system", "content": SEED_SYSTEM_PREFIX + str(row.get("tools") or "[]")}]
     for turn in row["conversations"]:
         messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})

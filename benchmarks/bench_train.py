@@ -1,4 +1,4 @@
-"""LoRA training throughput at the real depth: our trainer vs mlx_lm's vs the seed's loop.
+"""LoRA training throughput at the real depth: our trainer vs mlx_lm's vs the study's loop.
 
 Run from the repository root:
     python -m benchmarks.bench_train [--depths 1,2,4] [--check-depth 24] [--dtype float32]
@@ -28,7 +28,7 @@ plan or the flag turns it on, is on for every competitor (the same memory budget
 
 Competitors, each in its own child process (so its peak memory is its own), same LoRA recipe
 (r 16, alpha 32 -> scale 2, dropout 0.05, all four linear layers of every layer), AdamW at
-lr 1e-4, one optimizer step = --examples-per-step examples (the seed's batch 1 x grad-accum 8):
+lr 1e-4, one optimizer step = --examples-per-step examples (the study's batch 1 x grad-accum 8):
 - ours: `train.trainer.Trainer` (mlx-plamo train) with file-order data, no MLflow and no
   checkpoint evals, packing examples into shared rows if the plan does.
 - ours-nopack: the same with `packing=False` (one example per row).
@@ -36,7 +36,7 @@ lr 1e-4, one optimizer step = --examples-per-step examples (the seed's batch 1 x
   mlx-lm's own plamo3 model, batch size 1 with gradient accumulation, `linear_to_lora_layers`,
   its default loss (prompt masked from the first assistant token on); data in the same order
   through a fixed-order batch iterator padded like mlx-lm's.
-- torch: the seed's loop (finetune/train_lora.py, read on GitHub): transformers-style model
+- torch: the study's loop (finetune/train_lora.py, read on GitHub): transformers-style model
   (our independent PyTorch PLaMo 3, mlx_plamo3/torch_reference.py) + PEFT LoRA, one example per
   forward, loss / accum, backward, clip 1.0, AdamW + LinearLR; on cuda, mps or cpu.
 
@@ -561,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="bfloat16",
         help="model dtype for all competitors (float32 is far faster on a CPU)",
     )
-    parser.add_argument("--examples-per-step", type=int, default=8, help="the seed's grad-accum")
+    parser.add_argument("--examples-per-step", type=int, default=8, help="the study's grad-accum")
     parser.add_argument("--steps", type=int, default=1, help="timed optimizer steps")
     parser.add_argument(
         "--max-length",

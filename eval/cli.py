@@ -14,8 +14,10 @@ from typing import Any
 import click
 
 from data import load_rows, resolve_dataset
+from eval.bfcl import BFCL_DIR, CATEGORIES, case_row, is_bfcl_row, load_cases, seen_in_training
+from eval.bfcl_scoring import format_bfcl, summarize_bfcl
 from eval.compare import compare_rows, format_comparison
-from eval.harness import CONDITIONS, STUDY_MAX_NEW_TOKENS, run_eval
+from eval.harness import CONDITIONS, STUDY_MAX_NEW_TOKENS, SUITES, run_eval
 from eval.metric_keys import DEFAULT_EXPERIMENT
 from eval.records import load_records, write_records
 from eval.report import DEFAULT_TITLE, build_report
@@ -57,9 +59,11 @@ def score_records(path: str | Path, mode: str = "study") -> dict[str, Any]:
         condition=records.condition,
         minutes=records.summary.get("minutes"),
     )
+    bfcl = summarize_bfcl(records.rows) if any(map(is_bfcl_row, records.rows)) else None
     return {
         "file": str(records.path),
         "summary": summary,
+        "bfcl": bfcl,
         "stored_summary": records.summary,
         # The stored summary is study-mode; a strict rescore is expected to differ.
         "mismatches": summary_mismatches(records.summary, summary)
@@ -107,6 +111,8 @@ def format_score(result: Mapping[str, Any]) -> str:
             lines += [f"  {k}: stored {a!r}, rescored {b!r}" for k, (a, b) in mismatches.items()]
         else:
             lines += ["", "stored summary: identical to the rescore"]
+    if result.get("bfcl"):
+        lines += ["", format_bfcl(result["bfcl"])]
     return "\n".join(lines)
 
 
@@ -151,6 +157,21 @@ def results_option(records: Path) -> str:
     )
 
 
+def bfcl_rows(
+    categories: str, data_name: str, per_category: int | None = None
+) -> tuple[Path, list[dict], dict | None]:
+    """(the BFCL folder, the eval rows of `categories`, what of BFCL the training data of
+    `data_name` holds, or None when that dataset is not built)."""
+    names = [c.strip() for c in categories.split(",") if c.strip()]
+    cases = load_cases(names, limit_per_category=per_category)
+    try:
+        train_rows = load_rows(resolve_dataset(data_name) / "train.jsonl")
+    except FileNotFoundError:
+        train_rows = None
+    seen = None if train_rows is None else seen_in_training(cases, train_rows)
+    return BFCL_DIR, [case_row(case) for case in cases], seen
+
+
 def compare_records(a_path: str | Path, b_path: str | Path, mode: str = "study") -> dict[str, Any]:
     """Per-question diff of two records files (for `mlx-plamo eval --compare A B`)."""
     a, b = load_records(a_path), load_records(b_path)
@@ -192,7 +213,27 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
     "data_name",
     default="v2",
     show_default=True,
-    help="Dataset recipe name or dir holding eval.jsonl.",
+    help="Dataset recipe name or dir holding eval.jsonl (the frozen suite's questions; with "
+    "--suite bfcl, its train.jsonl is what 'never seen' is measured against, if present).",
+)
+@click.option(
+    "--suite",
+    type=click.Choice(SUITES),
+    default="frozen",
+    show_default=True,
+    help="frozen: the study's 52 questions (40 call + 12 no-call) from --data. bfcl: BFCL v4 "
+    "questions with tools never trained on, scored by BFCL's own checker.",
+)
+@click.option(
+    "--categories",
+    default=",".join(CATEGORIES),
+    show_default=True,
+    help="With --suite bfcl: the BFCL categories to run, comma-separated.",
+)
+@click.option(
+    "--per-category",
+    type=click.IntRange(min=1),
+    help="With --suite bfcl: only the first N questions of each category (a quick look).",
 )
 @click.option(
     "--out",
@@ -246,6 +287,9 @@ def eval_command(
     adapter: str | None,
     model_path: str | None,
     data_name: str,
+    suite: str,
+    categories: str,
+    per_category: int | None,
     out: Path | None,
     force: bool,
     label: str | None,
@@ -258,7 +302,8 @@ def eval_command(
     compare: tuple[str, str] | None,
     mode: str,
 ) -> None:
-    """Run the tool-calling evaluation (40 call + 12 no-call questions) and write records."""
+    """Run the tool-calling evaluation and write records: the frozen 52 questions (40 call + 12
+    no-call) by default, or BFCL v4's held-out tools with --suite bfcl."""
     if compare:
         try:
             print_comparison(compare_records(*compare, mode=mode))
@@ -268,18 +313,23 @@ def eval_command(
     import mlx.core as mx
     from tqdm import tqdm
 
+    if suite != "bfcl" and (per_category or categories != ",".join(CATEGORIES)):
+        raise click.UsageError("--categories and --per-category go with --suite bfcl")
     if condition == "lora" and not adapter:
         raise click.UsageError("--condition lora needs --adapter")
     if condition != "lora" and adapter:
         raise click.UsageError(f"--adapter makes no sense with --condition {condition}")
     model_path = model_path or str(default_model_dir())
-    label = label or condition
+    label = label or (condition if suite == "frozen" else f"{suite}-{condition}")
     out = out or artifact_dir("results", f"{label}.json")
     if out.exists() and not force:  # before the model loads: the records hold a whole run
         raise click.UsageError(f"{out} already exists; pass --force to replace it")
     try:
-        eval_file = resolve_dataset(data_name) / "eval.jsonl"
-        rows = load_rows(eval_file)
+        if suite == "bfcl":
+            eval_file, rows, seen = bfcl_rows(categories, data_name, per_category)
+        else:
+            eval_file, seen = resolve_dataset(data_name) / "eval.jsonl", None
+            rows = load_rows(eval_file)
         model, tokenizer = load(model_path)
         base_weights = model_weights_fingerprint(model)
         if adapter:
@@ -308,10 +358,18 @@ def eval_command(
         BASE_WEIGHTS_KEY: base_weights,
         "adapter": str(Path(adapter).resolve()) if adapter else None,
         "data": str(eval_file.resolve()),
-        "data_sha256": file_sha256(eval_file),
+        "data_sha256": file_sha256(eval_file) if eval_file.is_file() else None,
     }
+    if seen is not None:
+        records["summary"]["bfcl_seen_in_training"] = seen
     write_records(out, records["summary"], records["rows"])
     click.echo(format_score(score_records(out, "study")))
+    if seen is not None:
+        click.echo(
+            f"never seen, measured: {seen['n_functions_seen']} of {seen['n_functions']} BFCL "
+            f"functions and {seen['n_questions_seen']} of {seen['n_cases']} questions also occur "
+            f"in {data_name}'s training data"
+        )
     click.echo(f"records written to {out}")
     report = f"mlx-plamo report{results_option(out)}"
     if adapter:

@@ -7,11 +7,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from eval.bfcl import SUITE, is_bfcl_row
+from eval.bfcl_scoring import summarize_bfcl
 from eval.scoring import summarize
 from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
 from mlx_plamo3.memory import activation_dtype, generation_batch_size
 
 CONDITIONS = ("base", "base-fewshot", "lora")
+# The question sets `mlx-plamo eval` runs: the study's frozen 52 (the default), BFCL v4.
+SUITES = ("frozen", SUITE)
+# What a suite's rows carry into their records unchanged (BFCL: where each question comes from,
+# and what its checker needs to score the reply again).
+SUITE_ROW_KEYS = ("suite", "category", "id", "functions", "ground_truth")
 # The study's decoding budget per answer (greedy).
 STUDY_MAX_NEW_TOKENS = 160
 TURN_END = "<|plamo:tag|>"
@@ -103,11 +110,15 @@ def run_eval(
             # The generated ids (stop token excluded) let the PyTorch check compare exactly.
             "pred_ids": ids,
             "tools": row.get("tools", []),
+            **{key: row[key] for key in SUITE_ROW_KEYS if key in row},
         }
         for row, ids in zip(rows, outputs, strict=True)
     ]
     summary = summarize(records, "study", condition=condition, minutes=round(minutes, 2))
     summary["strict"] = summarize(records, "strict", condition=condition)
+    if any(map(is_bfcl_row, records)):
+        bfcl = summarize_bfcl(records)
+        summary["bfcl"] = {"categories": bfcl["categories"], "overall": bfcl["overall"]}
     summary["decoding"] = {
         "greedy": True,
         "max_new_tokens": max_new_tokens,

@@ -1,7 +1,9 @@
 """Evaluation records files: `{"summary": {...}, "rows": [{kind, question, gold, pred}, ...]}`.
 
 One row per eval question, as the study wrote them (`finetune/results/*.json`). Our own eval may
-add fields to a row (`tools`: the tool schemas the prompt offered, used by strict scoring).
+add fields to a row (`tools`: the tool schemas the prompt offered, used by strict scoring; a
+BFCL row also carries `suite`, `category`, `id`, `functions` and `ground_truth`, see
+`eval.bfcl_scoring`).
 The study's contaminated first eval has no `question` field, so `question` is optional.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eval.bfcl import is_bfcl_row
 from eval.scoring import ROW_KINDS, parse_gold
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_write_json
@@ -54,11 +57,29 @@ def row_problem(row: Any) -> str | None:
         isinstance(tools, list) and all(isinstance(t, dict) for t in tools)
     ):
         return "'tools' must be a list of tool schema objects"
+    if is_bfcl_row(row):
+        return bfcl_row_problem(row)
     if row["kind"] == "call":
         try:
             parse_gold(row["gold"])
         except ValueError as exc:
             return str(exc)
+    return None
+
+
+def bfcl_row_problem(row: Mapping[str, Any]) -> str | None:
+    """What a BFCL row lacks for its checker: the category, the function docs, and the possible
+    answers (a list; None only for a no-call category)."""
+    if not isinstance(row.get("category"), str):
+        return "a BFCL row needs its 'category'"
+    if not (
+        isinstance(row.get("functions"), list)
+        and all(isinstance(f, dict) for f in row["functions"])
+    ):
+        return "a BFCL row needs 'functions', the list of its function docs"
+    answers = row.get("ground_truth")
+    if row["kind"] == "call" and not isinstance(answers, list):
+        return "a BFCL call row needs 'ground_truth', the list of possible answers"
     return None
 
 

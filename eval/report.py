@@ -23,7 +23,15 @@ from typing import Any
 
 import jinja2
 
-from eval.conditions import PROVENANCE_KEYS, format_rate_cell, load_conditions, provenance
+from eval.bfcl import is_bfcl_row
+from eval.bfcl_scoring import category_cells
+from eval.conditions import (
+    PROVENANCE_KEYS,
+    Condition,
+    format_rate_cell,
+    load_conditions,
+    provenance,
+)
 from eval.explorer import explorer_questions
 from eval.figures import METRIC_LABELS, SMOOTH_ABOVE, draw_figures
 from eval.metric_keys import DEFAULT_EXPERIMENT, LOSS
@@ -99,6 +107,16 @@ class Report:
     notes: list[str]  # what the report could not show, and why
 
 
+def bfcl_rows(conditions: list[Condition]) -> list[dict[str, str]]:
+    """The BFCL table: one row per condition with BFCL records and category."""
+    return [
+        {"condition": c.label, **cells}
+        for c in conditions
+        if any(map(is_bfcl_row, c.rows))
+        for cells in category_cells(c.rows)
+    ]
+
+
 def build_report(
     results: Path,
     out: Path,
@@ -169,6 +187,7 @@ def build_report(
         "training": training,
         "runs": run_rows(training, mode),
         "smooth_above": SMOOTH_ABOVE,
+        "bfcl": bfcl_rows(conditions),
         "questions": explorer_questions(conditions),
         "labels": [c.label for c in conditions],
     }

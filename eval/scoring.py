@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from data.schema import ROW_KINDS
+from eval.bfcl import is_bfcl_row
+from eval.bfcl_checker import check_calls, parse_calls
 from mlx_plamo3.errors import InputError
 
 MODES: tuple[str, ...] = ("study", "strict")
@@ -142,6 +144,8 @@ def score_row(row: Mapping[str, Any], mode: str = "study", index: int | None = N
     kind = row.get("kind")
     if kind not in ROW_KINDS:
         raise InputError(f"{where}: kind must be one of {ROW_KINDS}, got {kind!r}")
+    if is_bfcl_row(row):
+        return bfcl_row_verdict(row)
     obj = parse_prediction(row["pred"])
     reason = call_check(obj, mode, row_tools(row) if mode == "strict" else None)
     is_call = reason == ""
@@ -152,6 +156,21 @@ def score_row(row: Mapping[str, Any], mode: str = "study", index: int | None = N
     # Python == on parsed JSON, as the study did (so 1 == 1.0 and key order is ignored).
     args_exact = func_name and obj.get("arguments") == gold["arguments"]
     return Verdict(kind, is_call, func_name, args_exact, False, reason)
+
+
+def bfcl_row_verdict(row: Mapping[str, Any]) -> Verdict:
+    """A BFCL row in the frozen eval's terms, in either mode: parsed = one or more calls could
+    be read (a JSON object or a list of them); func-name = the calls name exactly the gold's
+    functions; args-exact = BFCL's own verdict (`eval.bfcl_checker`); a no-call row's false
+    call = any call at all."""
+    calls = parse_calls(row["pred"])
+    if row["kind"] == "nocall":
+        return Verdict("nocall", False, False, False, bool(calls), "" if calls else "no_call")
+    verdict = check_calls(row["category"], row["functions"], row.get("ground_truth"), calls)
+    gold_names = {name for answer in row.get("ground_truth") or [] for name in answer}
+    func_name = bool(calls) and {call["name"] for call in calls} == gold_names
+    reason = "" if verdict.correct else (verdict.failed_check or "incorrect")
+    return Verdict("call", bool(calls), func_name, verdict.correct, False, reason)
 
 
 def score_rows(rows: Sequence[Mapping[str, Any]], mode: str = "study") -> list[Verdict]:

@@ -117,6 +117,25 @@ def generate_batch(
     return outputs
 
 
+def prefill_tokens(prompts: Sequence[Sequence[int]], order: Sequence[int], batch_size: int) -> int:
+    """Tokens a batched prefill in `order` runs: per batch, the common prefix once and every
+    row's rest padded to the longest."""
+    total = 0
+    for start in range(0, len(order), batch_size):
+        chunk = [prompts[i] for i in order[start : start + batch_size]]
+        shared = common_prefix_length(chunk) if len(chunk) > 1 else 0
+        total += shared + len(chunk) * (max(map(len, chunk)) - shared)
+    return total
+
+
+def batch_order(prompts: Sequence[Sequence[int]], batch_size: int) -> list[int]:
+    """The order to batch `prompts` in: sorted (shared prefixes travel together) or by length
+    (least padding), whichever `prefill_tokens` says is cheaper."""
+    by_prefix = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    by_length = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))
+    return min(by_prefix, by_length, key=lambda order: prefill_tokens(prompts, order, batch_size))
+
+
 def generate(
     model: Model,
     prompts: Sequence[Sequence[int]],
@@ -131,9 +150,10 @@ def generate(
 ) -> list[list[int]]:
     """Generate for many prompts in batches, returned in the order given.
 
-    With `share_prefix`, prompts are batched in sorted order so prompts with the same tool list
-    travel together, and each batch runs its common prefix once (reused by the next batch when
-    it is the same)."""
+    With `share_prefix`, each batch runs its common prefix once (reused by the next batch when it
+    is the same), and the prompts are batched in the order `batch_order` predicts to prefill the
+    fewest tokens: sorted, so that prompts with the same tool list travel together, or by
+    length, so that prompts with nothing in common beyond the instructions pad the least."""
     sampling = sampling or SamplingConfig()
     if context_length is not None:
         too_long = [
@@ -144,8 +164,7 @@ def generate(
                 f"prompts {too_long[:5]} plus {sampling.max_new_tokens} new tokens exceed the "
                 f"model's context of {context_length} tokens"
             )
-    order = sorted(range(len(prompts)), key=lambda i: prompts[i]) if share_prefix else None
-    order = order or list(range(len(prompts)))
+    order = batch_order(prompts, batch_size) if share_prefix else list(range(len(prompts)))
     results: dict[int, list[int]] = {}
     prefix: list[int] = []
     prefix_cache: Plamo3Cache | None = None

@@ -54,10 +54,17 @@ run $CLI eval --condition lora --adapter "$W/adapters/demo" --model "$W/models/t
   --data "$W/data/v2" --out "$W/results/lora.json" --force
 run $CLI eval --compare "$W/results/base.json" "$W/results/lora.json"
 
+banner "5b. tools never trained on: 10 BFCL v4 questions per category, base and LoRA"
+run $CLI eval --suite bfcl --per-category 10 --condition base --model "$W/models/tiny" \
+  --data "$W/data/v2" --out "$W/results/bfcl-base.json" --force
+run $CLI eval --suite bfcl --per-category 10 --condition lora --adapter "$W/adapters/demo" \
+  --model "$W/models/tiny" --data "$W/data/v2" --out "$W/results/bfcl-lora.json" --force
+
 banner "6. export the adapter to PEFT (with model card and eval records)"
 run $CLI export --adapter "$W/adapters/demo" --out "$W/adapters/demo-peft" \
   --results "$W/results/base.json" --results "$W/results/base-fewshot.json" \
-  --results "$W/results/lora.json" --force
+  --results "$W/results/lora.json" --results "$W/results/bfcl-base.json" \
+  --results "$W/results/bfcl-lora.json" --force
 
 banner "7. the PyTorch check: same 52 prompts through transformers + peft"
 run $CLI check-torch --base "$W/tiny-hf" --adapter "$W/adapters/demo-peft" \

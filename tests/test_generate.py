@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from mlx_plamo3 import load_model
-from mlx_plamo3.generate import SamplingConfig, TextStreamer, common_prefix_length, generate
+from mlx_plamo3.generate import (
+    SamplingConfig,
+    TextStreamer,
+    batch_order,
+    common_prefix_length,
+    generate,
+    prefill_tokens,
+)
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +155,19 @@ def test_generate_cli_needs_exactly_one_input(tiny_mlx_dir):
 
     result = CliRunner().invoke(cli_main, ["generate", "--model", str(tiny_mlx_dir)])
     assert result.exit_code != 0 and "exactly one of --prompt and --messages" in result.output
+
+
+def test_batches_go_by_shared_prefix_or_by_length_whichever_prefills_less():
+    # Two short and two long prompts; each short one shares its first token with a long one.
+    prompts = [[1] + [9] * 9, [1], [2] + [9] * 9, [2]]
+    by_prefix, by_length = [1, 0, 3, 2], [1, 3, 0, 2]
+    # By prefix: a 1-token prompt keeps its token for the rest, so ([1], [1, 9..]) share
+    # nothing and both pad to 10; twice: 40.
+    assert prefill_tokens(prompts, by_prefix, batch_size=2) == 40
+    # By length: two 1-token prompts, then two 10-token ones: 2 + 20.
+    assert prefill_tokens(prompts, by_length, batch_size=2) == 22
+    assert batch_order(prompts, batch_size=2) == by_length
+    # One tool list, two questions each: sorted, each batch runs its 20 shared tokens once.
+    same_tools = [[7] * 20 + [1, 1], [8] * 20 + [1], [7] * 20 + [2], [8] * 20 + [2, 2]]
+    assert prefill_tokens(same_tools, [0, 2, 1, 3], batch_size=2) == (20 + 2 * 2) * 2
+    assert batch_order(same_tools, batch_size=2) == [0, 2, 1, 3]
