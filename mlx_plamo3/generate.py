@@ -38,6 +38,10 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     return length
 
 
+# Prompt columns a batched prefill runs per forward pass.
+PREFILL_CHUNK = 256
+
+
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[mx.array, mx.array]:
     width = max(len(r) for r in rows)
     ids = [[pad_id] * (width - len(r)) + list(r) for r in rows]
@@ -88,8 +92,15 @@ def generate_batch(
     else:
         cache, prefix_length = model.make_cache(batch), 0
     ids, mask = left_pad([p[prefix_length:] for p in prompts], pad_id)
-    # The output head on the last position only: [batch, vocab], never [batch, length, vocab].
-    logits = model.logits(model.hidden_states(ids, cache=cache, attention_mask=mask)[:, -1, :])
+    # In chunks of PREFILL_CHUNK columns, so the attention scores of a long padded batch are
+    # never all held at once; the output head on the last position only.
+    for start in range(0, ids.shape[1], PREFILL_CHUNK):
+        end = start + PREFILL_CHUNK
+        hidden = model.hidden_states(
+            ids[:, start:end], cache=cache, attention_mask=mask[:, start:end]
+        )
+        mx.eval(hidden)
+    logits = model.logits(hidden[:, -1, :])
     key = mx.random.key(sampling.seed) if sampling.temperature > 0 else None
     outputs: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
