@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from data.recipes import RECIPES
 from data.schema import ROW_KINDS
 from mlx_plamo3.errors import InputError
+from mlx_plamo3.io import read_jsonl
 from mlx_plamo3.paths import artifact_dir
 
 TRAIN_FILE = "train.jsonl"
@@ -65,17 +65,7 @@ def load_rows(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a directory; pass its {TRAIN_FILE} or {EVAL_FILE}")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number}: not JSON: {exc}") from None
-            rows.append(validate_row(row, f"{path}:{number}"))
-    return rows
+    return [validate_row(row, f"{path}:{number}") for number, row in read_jsonl(path)]
 
 
 def eval_files(directory: Path) -> list[Path]:

@@ -49,6 +49,7 @@ from typing import Any
 from data.leakage import normalise_query, row_query
 from data.prompt import build_system_prompt, call_text, render_tools
 from mlx_plamo3.errors import InputError
+from mlx_plamo3.io import read_jsonl
 
 CATEGORIES: tuple[str, ...] = (
     "simple_python",
@@ -149,24 +150,16 @@ def to_tool(function: dict[str, Any]) -> dict[str, Any]:
     return tool
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def read_bfcl_file(path: Path) -> list[tuple[int, dict[str, Any]]]:
     if not path.is_file():
         raise InputError(
             f"{path}: BFCL file missing; the bundled copies live in {BFCL_DIR} "
             "(see PROVENANCE.md there)"
         )
-    entries = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number}: not JSON: {exc}") from None
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
-                raise InputError(f"{path}:{number}: not a JSON object with a string 'id'")
-            entries.append((number, entry))
+    entries = list(read_jsonl(path))
+    for number, entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+            raise InputError(f"{path}:{number}: not a JSON object with a string 'id'")
     return entries
 
 
@@ -255,14 +248,14 @@ def _check_turn(entry: dict[str, Any], where: str) -> list[dict[str, Any]]:
 
 def _load_category(category: str, root: Path, limit: int | None) -> list[BfclCase]:
     path = question_file(category, root)
-    entries = _read_jsonl(path)
+    entries = read_bfcl_file(path)
     if limit is not None:
         entries = entries[:limit]
     answers: dict[str, Any] | None = None
     answer_path = answer_file(category, root)
     if category not in NOCALL_CATEGORIES:
         answers = {}
-        for number, entry in _read_jsonl(answer_path):
+        for number, entry in read_bfcl_file(answer_path):
             if not isinstance(entry.get("ground_truth"), list):
                 raise InputError(f"{answer_path}:{number}: 'ground_truth' must be a list")
             answers[entry["id"]] = entry["ground_truth"]

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mlx_plamo3.errors import PlamoError
+from mlx_plamo3.errors import InputError, PlamoError
 
 
 def _umask() -> int:
@@ -173,6 +173,20 @@ def atomic_directory(path: str | Path, writer: str, force: bool = False) -> Iter
 
 class FileFormatError(PlamoError, ValueError):
     """A file that is missing, empty, truncated or not in its format; the message names it."""
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON-lines file; a line that is not
+    JSON is an InputError naming `path:line`."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number}: not JSON: {exc}") from None
 
 
 def read_json(path: str | Path) -> Any:
