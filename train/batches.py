@@ -237,12 +237,17 @@ def micro_batches(
     pad_multiple: int = 64,
     packing: bool = True,
     pad_id: int = 0,
+    step_examples: int | None = None,
 ) -> list[MicroBatch]:
-    """The forward passes of one optimizer step over `examples` (weights sum to one step)."""
+    """The forward passes of one optimizer step over `examples` (weights sum to one step).
+
+    `step_examples`: the examples of the whole step when `examples` is one rank's share of it
+    (`train.distributed`); each example then weighs 1 / step_examples, so the ranks' sums add
+    up to the step."""
     rows, widths, groups = pass_layout(
         examples, pack_length, max_batch_tokens, pad_multiple, packing
     )
-    n_step = len(examples)
+    n_step = step_examples or len(examples)
     batches = []
     for group in groups:
         width = widths[group[0]]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_map
 from tqdm import tqdm
 
 from data import check_no_leak, load_rows, resolve_dataset
@@ -48,6 +48,7 @@ from train.checkpoints import (
     save_checkpoint,
 )
 from train.config import TrainConfig, tracking_params
+from train.distributed import join
 from train.layers import (
     ForwardKeys,
     prepare_for_training,
@@ -229,7 +230,9 @@ class Trainer:
         after the plan (no weights loaded, nothing written)."""
         self.config = config.validate()
         self.on_step = on_step
-        self.log = log
+        self.ranks = join()
+        # One voice for the run: the other ranks train quietly.
+        self.log = log if self.ranks.is_main else (lambda _message: None)
         self._setup_planner()
         self._setup_data()
         if plan_only:
@@ -294,9 +297,12 @@ class Trainer:
 
     def _setup_output(self) -> None:
         self.adapter_dir = self._adapter_dir()
-        self.resume_from = prepare_adapter_dir(
-            self.adapter_dir, self.config.overwrite, self.config.resume
-        )
+        if self.ranks.is_main:
+            self.resume_from = prepare_adapter_dir(
+                self.adapter_dir, self.config.overwrite, self.config.resume
+            )
+        else:  # rank 0 alone applies the folder policy and writes
+            self.resume_from = latest_checkpoint(self.adapter_dir) if self.config.resume else None
         if self.config.resume and self.resume_from is None:
             self.log(f"no checkpoint under {self.adapter_dir}; starting from step 0")
 
@@ -413,6 +419,7 @@ class Trainer:
             "dtype": cfg.dtype,
             "memory_plan": self.memory_plan.to_dict(),
             "trainer": "mlx-plamo3 train",
+            "world_size": self.ranks.size,
         }
 
     def run_params(self) -> dict[str, str]:
@@ -428,6 +435,7 @@ class Trainer:
                 "data_dir": str(self.data_dir),
                 "data_recipe": self.recipe,
                 "data_hash": self.data_hash,
+                "world_size": self.ranks.size,
                 "train_examples": len(self.encoded.examples),
                 "dropped_too_long": len(self.encoded.dropped_too_long),
                 "train_rows": len(self.train_rows),
@@ -446,7 +454,8 @@ class Trainer:
     def run_step(self, step_index: int) -> StepStats:
         """Compute and apply optimizer step `step_index` (0-based); raises on NaN/inf."""
         cfg = self.config
-        examples = [self.encoded.examples[i] for i in self.plan[step_index]]
+        step_examples = [self.encoded.examples[i] for i in self.plan[step_index]]
+        examples = self.ranks.share(step_examples)
         batches = micro_batches(
             examples,
             pack_length=cfg.max_length,
@@ -454,15 +463,30 @@ class Trainer:
             pad_multiple=cfg.pad_multiple,
             packing=cfg.packing,
             pad_id=self.pad_id,
+            step_examples=len(step_examples),
         )
         started = time.perf_counter()
-        loss, grads = accumulate_passes(self.loss_and_grad, batches, cfg.seed, step_index)
+        if batches:
+            loss, grads = accumulate_passes(self.loss_and_grad, batches, cfg.seed, step_index)
+        else:  # a rank left without examples in a short last step adds nothing
+            loss = mx.array(0.0)
+            grads = tree_map(mx.zeros_like, self.model.trainable_parameters())
+        counts = mx.array(
+            [
+                sum(b.n_tokens for b in batches),
+                sum(b.n_supervised for b in batches),
+                sum(b.n_padding for b in batches),
+                len(batches),
+            ]
+        )
+        loss, grads, counts = self.ranks.sum((loss, grads, counts))
+        tokens, supervised, padding, passes = (int(c) for c in counts.tolist())
         norm = global_norm(grads)
         mx.eval(norm)
         loss_value, norm_value = float(loss.item()), float(norm.item())
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
             last = latest_checkpoint(self.adapter_dir)
-            rows = sorted(e.row + 1 for e in examples)
+            rows = sorted(e.row + 1 for e in step_examples)
             raise NonFiniteLossError(
                 f"step {step_index + 1}: loss {loss_value}, gradient norm {norm_value}; stopped "
                 f"before applying the update (train.jsonl lines {rows[:8]}). Last good "
@@ -472,9 +496,7 @@ class Trainer:
         mx.eval(self.model.trainable_parameters(), self.optimizer.state)
         seconds = time.perf_counter() - started
 
-        tokens = sum(b.n_tokens for b in batches)
-        supervised = sum(b.n_supervised for b in batches)
-        self.state["examples_seen"] += len(examples)
+        self.state["examples_seen"] += len(step_examples)
         self.state["tokens_seen"] += tokens
         self.state["supervised_tokens_seen"] += supervised
         return StepStats(
@@ -483,12 +505,12 @@ class Trainer:
             loss=loss_value,
             lr=float(self.optimizer.learning_rate.item()),  # the rate this update used
             grad_norm=norm_value,
-            examples=len(examples),
+            examples=len(step_examples),
             examples_seen=self.state["examples_seen"],
             tokens=tokens,
             supervised_tokens=supervised,
-            padding_tokens=sum(b.n_padding for b in batches),
-            forward_passes=len(batches),
+            padding_tokens=padding,
+            forward_passes=passes,
             seconds=seconds,
             elapsed_minutes=(self.state["elapsed_seconds"] + self._session_seconds()) / 60,
             peak_memory_gb=mx.get_peak_memory() / 1e9,
@@ -566,7 +588,7 @@ class Trainer:
             f"steps of {cfg.grad_accum} examples, adapter -> {self.adapter_dir}"
         )
         tracker = make_tracker(
-            cfg.mlflow,
+            cfg.mlflow and self.ranks.is_main,
             cfg.mlflow_uri or mlflow_uri(),
             cfg.experiment,
             self.run_name,
@@ -586,11 +608,12 @@ class Trainer:
             initial=self.start_step,
             desc="train",
             unit="step",
-            disable=not cfg.progress,
+            disable=not (cfg.progress and self.ranks.is_main),
             dynamic_ncols=True,
         )
         try:
-            self._maybe_redo_eval(tracker, result)
+            if self.ranks.is_main:
+                self._maybe_redo_eval(tracker, result)
             for step_index in range(self.start_step, self.total_steps):
                 stats = self.run_step(step_index)
                 result.history.append(stats)
@@ -602,13 +625,18 @@ class Trainer:
                     tok_s=f"{stats.tokens_per_second:,.0f}",
                     lr=f"{stats.lr:.2e}",
                 )
-                if self.due(stats.step, cfg.checkpoint_every):
+                if self.ranks.is_main and self.due(stats.step, cfg.checkpoint_every):
                     result.checkpoints.append(self.save_checkpoint(stats.step))
-                if cfg.checkpoint_eval and self.due(stats.step, cfg.eval_interval()):
+                if (
+                    self.ranks.is_main
+                    and cfg.checkpoint_eval
+                    and self.due(stats.step, cfg.eval_interval())
+                ):
                     self._run_eval(stats.step, tracker, result)
                 if self.on_step is not None:
                     self.on_step(stats)
-            self._finish(tracker, result)
+            if self.ranks.is_main:
+                self._finish(tracker, result)
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
