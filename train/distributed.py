@@ -5,11 +5,14 @@ rank; `mx.distributed.init()` joins them (a lone process is a group of one and n
 Every rank builds the same seeded step plan; rank r trains on the examples `r, r + size, ...` of
 each step, weighted as shares of the whole step (`train.batches.micro_batches(step_examples=)`),
 so the sum over ranks of the losses and gradients (`Ranks.sum`, an all-reduce) is exactly the
-single-process step. Every rank then applies the same update to the same LoRA state, so the
-states stay identical without being sent. Only rank 0 writes: the adapter folder, checkpoints,
-checkpoint evals and MLflow. A rank that fails makes the others' next all-reduce fail
-(`RanksLostError`), so the whole run stops; the last checkpoint rank 0 wrote stays the last good
-one. The communication per step is one all-reduce of the LoRA gradients and three numbers.
+single-process step. Each rank's memory plan covers the passes of its own shares. Every rank
+then applies the same update to the same LoRA state, so the states stay identical without being
+sent. Only rank 0 writes: the adapter folder, checkpoints, checkpoint evals and MLflow.
+
+A rank that fails stops the run: `mlx.launch` ends the other ranks, and a rank that reaches an
+all-reduce first fails there (`RanksLostError`); the last checkpoint rank 0 wrote stays the last
+good one. The communication per step is one all-reduce of the step loss, the LoRA gradients and
+four counts (tokens, supervised tokens, padding, passes).
 """
 
 from __future__ import annotations

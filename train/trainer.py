@@ -329,7 +329,9 @@ class Trainer:
         given = cfg.given_batching()
         if self.resume_from is not None:
             given = {**read_trainer_state(self.resume_from).get("batching", {}), **given}
-        steps = [[self.encoded.examples[i] for i in step] for step in self.plan]
+        # Per rank: each plans the passes of its own share of every step.
+        shares = [self.ranks.share([self.encoded.examples[i] for i in step]) for step in self.plan]
+        steps = [share for share in shares if share]
         plan = self.planner.plan(steps, cfg.max_length, cfg.pad_multiple, given)
         self.memory_plan: MemoryPlan = plan
         self.config = replace(cfg, **asdict(plan.batching()))
