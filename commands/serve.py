@@ -1,0 +1,601 @@
+"""`mlx-plamo serve`: an OpenAI-compatible chat endpoint (FastAPI + uvicorn) for PLaMo 3 and
+the tool-calling LoRA, bound to 127.0.0.1 unless --host says otherwise.
+
+Routes: `GET /v1/models` lists the one served model; `POST /v1/chat/completions` takes OpenAI's
+chat body (`model`, `messages`, `tools`, `tool_choice`, `max_tokens`, `temperature`, `top_p`,
+`seed`, `stop`, `stream`, `stream_options.include_usage`) and answers a `chat.completion`, or
+with `stream` server-sent `chat.completion.chunk` events ending in `data: [DONE]`.
+
+Prompts are rendered exactly as the adapter was trained and evaluated: when tools are offered,
+the system message is the study's `build_system_prompt(render_tools(functions))`, the request's
+own system text appended after a blank line (as eval/bfcl.py's case_row does), and the
+conversation goes through `tokenizer.apply_chat_template(..., add_generation_prompt=True)`.
+Earlier assistant `tool_calls` are written back as the study's call JSON (`call_text`; several
+as a JSON list) and `tool` results keep the `tool` role, which the chat template renders.
+
+Replies: text is cut at the first `stop` string (and at `<|plamo:tag|>`, as the eval cuts).
+When tools were offered and `parse_calls` finds calls that all name offered tools, the reply is
+`tool_calls` (content null, finish_reason "tool_calls"); otherwise it is the text, with
+finish_reason "length" when max_tokens ran out, else "stop". `temperature` defaults to 1.0 as
+in OpenAI's API; 0 decodes greedily, as the eval does. A streamed request that offers tools is
+held back and sent in one delta at the end, since a call is only known once the reply is whole.
+
+tool_choice: "none" offers no tools; "auto", "required" and a named function offer them all.
+Forcing a call ("required" or named) needs constrained decoding, a later step: for now a reply
+that is not a call comes back as plain text.
+
+Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}`: 400 for a malformed body,
+an unknown model, malformed tools or messages, a tool_choice naming no listed tool, max_tokens
+outside [1, --max-tokens-limit] or past the context; 401 for a missing or wrong bearer key when
+--api-key is set. Prompts are logged only with --log-prompts; the key never is.
+
+One request generates at a time (a lock serializes them); shared batched decoding of concurrent
+requests, and a 503 when the queue is full, are later steps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import mlx.core as mx
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from data.prompt import build_system_prompt, call_text, render_tools
+from eval.bfcl_checker import parse_calls
+from eval.harness import TURN_END
+from mlx_plamo3.errors import USER_ERRORS
+from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
+from mlx_plamo3.loading import is_hub_id, load
+from mlx_plamo3.lora import load_adapter
+from mlx_plamo3.messages import next_step
+
+OWNER = "mlx-plamo3"
+ROLES = ("system", "user", "assistant", "tool")
+TOOL_CHOICE_MODES = ("none", "auto", "required")
+SERVER_LOG = logging.getLogger("mlx_plamo3.serve")
+
+# (prompt ids, sampling, on_token) -> the generated ids, stop token excluded. on_token receives
+# each id as it is made; a generator that calls it for none (a test stub) is fed afterwards.
+GenerateText = Callable[[list[int], SamplingConfig, Callable[[int], None]], list[int]]
+
+
+class RequestError(Exception):
+    """A request the server refuses, answered as OpenAI's error object."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code=None):
+        super().__init__(message)
+        self.message, self.param, self.status, self.code = message, param, status, code
+
+
+class GenerationStopped(Exception):
+    """Raised from on_token to end generation: a stop string was met or the client left."""
+
+
+def error_body(message: str, param: str | None = None, code: str | None = None) -> dict:
+    return {
+        "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
+    }
+
+
+def model_generator(model, tokenizer) -> GenerateText:
+    """The real generator: mlx_plamo3.generate on one prompt, stopping at the turn end."""
+    stops = stop_token_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id or 0
+
+    def generate_text(prompt_ids, sampling, on_token):
+        return generate(
+            model,
+            [prompt_ids],
+            stops,
+            sampling,
+            pad_id=pad_id,
+            on_token=lambda _row, token: on_token(token),
+        )[0]
+
+    return generate_text
+
+
+def evaluate_lazy_arrays(model) -> None:
+    """Run one token through the model on this thread (the one that built it). MLX ties an
+    unevaluated array to the stream of the thread that made it, and the model keeps some it
+    computes lazily (RoPE frequencies): evaluated here, request threads can use them."""
+    mx.eval(model.logits(model.hidden_states(mx.array([[0]], dtype=mx.int32))))
+
+
+def held_back_length(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that could begin a stop string."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
+
+
+class ReplyText:
+    """The reply's text as tokens arrive: an incomplete UTF-8 character and a possible start of
+    a stop string are held back; the text ends before the first stop string."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stops: list[str]):
+        self.decode, self.stops = decode, stops
+        self.tokens: list[int] = []
+        self.text = ""  # what was released so far
+        self.stopped = False  # a stop string was met
+
+    def add(self, token: int) -> str:
+        """The new text `token` releases."""
+        self.tokens.append(token)
+        text = self.decode(self.tokens)
+        return "" if text.endswith("\ufffd") else self._release(text, final=False)
+
+    def finish(self) -> str:
+        """The text still held back, once generation has ended."""
+        return self._release(self.decode(self.tokens), final=True)
+
+    def _release(self, text: str, final: bool) -> str:
+        cuts = [index for index in (text.find(stop) for stop in self.stops) if index >= 0]
+        if cuts:
+            text, self.stopped = text[: min(cuts)], True
+        end = len(text) if final or self.stopped else len(text) - held_back_length(text, self.stops)
+        piece = text[len(self.text) : end]
+        self.text += piece
+        return piece
+
+
+@dataclass
+class ChatJob:
+    """A validated chat request, ready to generate."""
+
+    prompt_ids: list[int]
+    sampling: SamplingConfig
+    stops: list[str]
+    offered_tools: set[str]
+    stream: bool
+    include_usage: bool
+    completion_id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class ChatResult:
+    text: str
+    tool_calls: list[dict] | None
+    finish_reason: str
+    completion_tokens: int
+
+    def usage(self, prompt_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt_tokens + self.completion_tokens,
+        }
+
+
+def message_text(message: dict, index: int) -> str:
+    """A message's content as text: a string, text parts joined, or empty when null."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    raise RequestError(f"messages[{index}].content must be a string or text parts", "messages")
+
+
+def tool_calls_text(tool_calls: Any, index: int) -> str:
+    """An assistant's earlier tool_calls as the study's call JSON (several: a JSON list)."""
+    where = f"messages[{index}].tool_calls"
+    if not isinstance(tool_calls, list) or not tool_calls:
+        raise RequestError(f"{where} must be a non-empty list", "messages")
+    calls = []
+    for call in tool_calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise RequestError(f'{where}: each call needs "function": {{"name"}}', "messages")
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except (TypeError, ValueError):
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise RequestError(f"{where}: arguments must be a JSON object string", "messages")
+        calls.append({"name": function["name"], "arguments": arguments})
+    if len(calls) == 1:
+        return call_text(calls[0]["name"], calls[0]["arguments"])
+    return json.dumps(calls)
+
+
+def chat_messages(messages: Any, functions: list[dict] | None) -> list[dict[str, str]]:
+    """The request's messages as the chat template takes them, the study's system prompt first
+    when tools are offered (`functions`)."""
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("messages must be a non-empty list", "messages")
+    system_texts, turns = [], []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES:
+            raise RequestError(f"messages[{index}].role must be one of {ROLES}", "messages")
+        role = message["role"]
+        if role == "system":
+            system_texts.append(message_text(message, index))
+        elif role == "assistant" and message.get("tool_calls"):
+            turns.append({"role": role, "content": tool_calls_text(message["tool_calls"], index)})
+        else:
+            turns.append({"role": role, "content": message_text(message, index)})
+    if functions:
+        system_texts.insert(0, build_system_prompt(render_tools(functions)))
+    system = [{"role": "system", "content": "\n\n".join(system_texts)}] if system_texts else []
+    return system + turns
+
+
+def offered_functions(body: dict) -> list[dict] | None:
+    """The function schemas the prompt offers, after checking `tools` and `tool_choice`."""
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools is None:
+        if choice not in (None, "none"):
+            raise RequestError("tool_choice needs tools", "tool_choice")
+        return None
+    if not isinstance(tools, list):
+        raise RequestError("tools must be a list", "tools")
+    functions = []
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(function, dict)
+            or tool.get("type") != "function"
+            or not isinstance(function.get("name"), str)
+            or not isinstance(function.get("parameters", {}), dict)
+        ):
+            raise RequestError(
+                f'tools[{index}] must be {{"type": "function", "function": {{"name", '
+                '"description", "parameters"}}',
+                "tools",
+            )
+        functions.append(function)
+    if isinstance(choice, dict):
+        named = choice.get("function")
+        name = named.get("name") if isinstance(named, dict) else None
+        if choice.get("type") != "function" or name not in {f["name"] for f in functions}:
+            raise RequestError(f"tool_choice names no listed tool: {name!r}", "tool_choice")
+    elif choice is not None and choice not in TOOL_CHOICE_MODES:
+        raise RequestError(f"tool_choice must be one of {TOOL_CHOICE_MODES} or a function")
+    return None if choice == "none" or not functions else functions
+
+
+def number(body: dict, name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise RequestError(f"{name} must be a number in [{low}, {high}]", name)
+    return float(value)
+
+
+def stop_strings(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise RequestError("stop must be a string or a list of non-empty strings", "stop")
+    return stops
+
+
+class ChatServer:
+    """The loaded model and the request handling behind the routes."""
+
+    def __init__(
+        self,
+        tokenizer,
+        model_name: str,
+        generate_text: GenerateText,
+        context_length: int,
+        api_key: str | None,
+        max_tokens_limit: int,
+        log_prompts: bool,
+    ):
+        self.tokenizer, self.model_name, self.generate_text = tokenizer, model_name, generate_text
+        self.context_length, self.api_key = context_length, api_key
+        self.max_tokens_limit, self.log_prompts = max_tokens_limit, log_prompts
+        self.lock = threading.Lock()
+
+    def check_key(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(key, self.api_key):
+            raise RequestError("invalid or missing API key", status=401, code="invalid_api_key")
+
+    async def list_models(self, request: Request) -> dict:
+        self.check_key(request)
+        model = {"id": self.model_name, "object": "model", "created": 0, "owned_by": OWNER}
+        return {"object": "list", "data": [model]}
+
+    async def chat_completions(self, request: Request):
+        self.check_key(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise RequestError("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise RequestError("the body must be a JSON object")
+        job = self.parse(body)
+        if job.stream:
+            return StreamingResponse(self.stream_events(job), media_type="text/event-stream")
+        result = await run_in_threadpool(self.run, job, lambda _piece: None, threading.Event())
+        return self.completion(job, result)
+
+    def parse(self, body: dict) -> ChatJob:
+        if body.get("model") != self.model_name:
+            raise RequestError(
+                f"unknown model {body.get('model')!r}; this server has {self.model_name!r}",
+                "model",
+                code="model_not_found",
+            )
+        if body.get("n", 1) != 1:
+            raise RequestError("only n=1 is supported", "n")
+        functions = offered_functions(body)
+        messages = chat_messages(body.get("messages"), functions)
+        try:
+            prompt_ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        except USER_ERRORS as exc:
+            raise RequestError(str(exc), "messages") from None
+        room = self.context_length - len(prompt_ids)
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        if max_tokens is None:
+            max_tokens = min(self.max_tokens_limit, room)
+        elif (
+            isinstance(max_tokens, bool)
+            or not isinstance(max_tokens, int)
+            or not 1 <= max_tokens <= self.max_tokens_limit
+        ):
+            raise RequestError(
+                f"max_tokens must be an integer in [1, {self.max_tokens_limit}]", "max_tokens"
+            )
+        if max_tokens > room or max_tokens < 1:
+            raise RequestError(
+                f"the prompt's {len(prompt_ids)} tokens plus max_tokens {max_tokens} exceed the "
+                f"model's context of {self.context_length}",
+                "messages",
+                code="context_length_exceeded",
+            )
+        if body.get("top_p") == 0:
+            raise RequestError("top_p must be above 0", "top_p")
+        seed = body.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise RequestError("seed must be an integer", "seed")
+        sampling = SamplingConfig(
+            max_new_tokens=max_tokens,
+            temperature=number(body, "temperature", 1.0, 0.0, 2.0),
+            top_p=number(body, "top_p", 1.0, 0.0, 1.0),
+            seed=secrets.randbits(31) if seed is None else seed,
+        )
+        stream_options = body.get("stream_options") or {}
+        if self.log_prompts:
+            SERVER_LOG.info("prompt:\n%s", self.tokenizer.decode(prompt_ids))
+        return ChatJob(
+            prompt_ids=prompt_ids,
+            sampling=sampling,
+            stops=[*stop_strings(body.get("stop")), TURN_END],
+            offered_tools={f["name"] for f in functions or []},
+            stream=bool(body.get("stream")),
+            include_usage=isinstance(stream_options, dict)
+            and bool(stream_options.get("include_usage")),
+        )
+
+    def run(
+        self, job: ChatJob, on_text: Callable[[str], None], cancelled: threading.Event
+    ) -> ChatResult:
+        """Generate the reply, handing released text to `on_text` as it comes."""
+        reply = ReplyText(self.tokenizer.decode, job.stops)
+
+        def on_token(token: int) -> None:
+            if cancelled.is_set():
+                raise GenerationStopped
+            on_text(reply.add(token))
+            if reply.stopped:
+                raise GenerationStopped
+
+        with self.lock:
+            try:
+                ids = self.generate_text(job.prompt_ids, job.sampling, on_token)
+                for token in ids[len(reply.tokens) :]:  # a generator that did not call on_token
+                    on_token(token)
+            except GenerationStopped:
+                pass
+        on_text(reply.finish())
+        if self.log_prompts:
+            SERVER_LOG.info("reply:\n%s", reply.text)
+        calls = parse_calls(reply.text) if job.offered_tools else None
+        if calls and all(call["name"] in job.offered_tools for call in calls):
+            tool_calls = [
+                {
+                    "id": "call_" + secrets.token_hex(12),
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])},
+                }
+                for call in calls
+            ]
+            return ChatResult(reply.text, tool_calls, "tool_calls", len(reply.tokens))
+        ran_out = not reply.stopped and len(reply.tokens) >= job.sampling.max_new_tokens
+        return ChatResult(reply.text, None, "length" if ran_out else "stop", len(reply.tokens))
+
+    def completion(self, job: ChatJob, result: ChatResult) -> dict:
+        message = {"role": "assistant", "content": None if result.tool_calls else result.text}
+        if result.tool_calls:
+            message["tool_calls"] = result.tool_calls
+        return {
+            "id": job.completion_id,
+            "object": "chat.completion",
+            "created": job.created,
+            "model": self.model_name,
+            "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason}],
+            "usage": result.usage(len(job.prompt_ids)),
+        }
+
+    def chunk(self, job: ChatJob, delta: dict, finish_reason: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+        return self.event(job, {"choices": [choice]})
+
+    def event(self, job: ChatJob, fields: dict) -> str:
+        payload = {
+            "id": job.completion_id,
+            "object": "chat.completion.chunk",
+            "created": job.created,
+            "model": self.model_name,
+            **fields,
+        }
+        return f"data: {json.dumps(payload)}\n\n"
+
+    def stream_events(self, job: ChatJob) -> Iterator[str]:
+        """Server-sent events: the role, content deltas as tokens arrive (all at the end when
+        tools are offered), the finish reason, usage if asked, then [DONE]."""
+        events: queue.Queue = queue.Queue()
+        cancelled = threading.Event()
+
+        def produce() -> None:
+            try:
+                events.put(
+                    ("done", self.run(job, lambda piece: events.put(("text", piece)), cancelled))
+                )
+            except Exception as exc:  # sent to the client as an error event
+                SERVER_LOG.exception("generation failed")
+                events.put(("error", exc))
+
+        threading.Thread(target=produce, daemon=True).start()
+        try:
+            yield self.chunk(job, {"role": "assistant", "content": ""})
+            while True:
+                kind, value = events.get()
+                if kind == "text":
+                    if value and not job.offered_tools:
+                        yield self.chunk(job, {"content": value})
+                    continue
+                if kind == "error":
+                    yield f"data: {json.dumps(error_body(f'generation failed: {value}'))}\n\n"
+                    return
+                yield from self.final_events(job, value)
+                break
+            yield "data: [DONE]\n\n"
+        finally:
+            cancelled.set()
+
+    def final_events(self, job: ChatJob, result: ChatResult) -> Iterator[str]:
+        if result.tool_calls:
+            deltas = [dict(call, index=index) for index, call in enumerate(result.tool_calls)]
+            yield self.chunk(job, {"tool_calls": deltas})
+        elif job.offered_tools and result.text:
+            yield self.chunk(job, {"content": result.text})
+        yield self.chunk(job, {}, result.finish_reason)
+        if job.include_usage:
+            yield self.event(job, {"choices": [], "usage": result.usage(len(job.prompt_ids))})
+
+
+def request_error_response(_request: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse(error_body(exc.message, exc.param, exc.code), status_code=exc.status)
+
+
+def create_app(
+    model,
+    tokenizer,
+    model_name: str,
+    api_key: str | None = None,
+    max_tokens_limit: int = 4096,
+    log_prompts: bool = False,
+    generate_text: GenerateText | None = None,
+) -> FastAPI:
+    """The app serving `model` as `model_name`; `generate_text` replaces the real generator
+    (tests pass a stub). Call it on the thread that loaded the model."""
+    evaluate_lazy_arrays(model)
+    server = ChatServer(
+        tokenizer,
+        model_name,
+        generate_text or model_generator(model, tokenizer),
+        model.args.max_position_embeddings,
+        api_key,
+        max_tokens_limit,
+        log_prompts,
+    )
+    app = FastAPI(title="mlx-plamo serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_exception_handler(RequestError, request_error_response)
+    app.add_api_route("/v1/models", server.list_models, methods=["GET"])
+    app.add_api_route("/v1/chat/completions", server.chat_completions, methods=["POST"])
+    return app
+
+
+def served_name(model_path: str) -> str:
+    """The model id clients send: a Hub id as given, a directory by its name."""
+    return model_path if is_hub_id(model_path) else Path(model_path).resolve().name
+
+
+@click.command(name="serve", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_path", required=True, help="MLX or Hugging Face model directory.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter dir.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; 0.0.0.0 exposes the server to the network.",
+)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port to bind."
+)
+@click.option(
+    "--api-key",
+    envvar="MLX_PLAMO_API_KEY",
+    help="Require this bearer key on every request (never logged); prefer the "
+    "MLX_PLAMO_API_KEY environment variable, which keeps it out of the process list.",
+)
+@click.option(
+    "--max-tokens-limit",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Largest max_tokens a request may ask for.",
+)
+@click.option("--log-prompts", is_flag=True, help="Log each rendered prompt and reply.")
+def serve_command(
+    model_path: str,
+    adapter: str | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_tokens_limit: int,
+    log_prompts: bool,
+) -> None:
+    """Serve the model on an OpenAI-compatible /v1/chat/completions endpoint, with tools."""
+    try:
+        model, tokenizer = load(model_path)
+        if adapter:
+            load_adapter(model, adapter, None, model_path)
+            model.eval()
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
+    if log_prompts:
+        logging.basicConfig(level=logging.INFO)
+    name = served_name(model_path)
+    url = f"http://{host}:{port}/v1"
+    click.echo(f"serving {name} at {url}")
+    key_header = " -H 'Authorization: Bearer <your --api-key>'" if api_key else ""
+    click.echo(
+        next_step(
+            f"curl {url}/chat/completions{key_header} -H 'Content-Type: application/json' -d "
+            f'\'{{"model": "{name}", "messages": [{{"role": "user", "content": "Hello"}}]}}\''
+        )
+    )
+    app = create_app(model, tokenizer, name, api_key, max_tokens_limit, log_prompts)
+    uvicorn.run(app, host=host, port=port)
