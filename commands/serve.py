@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import mlx.core as mx
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -105,13 +104,6 @@ def model_generator(model, tokenizer) -> GenerateText:
         )[0]
 
     return generate_text
-
-
-def evaluate_lazy_arrays(model) -> None:
-    """Run one token through the model on this thread (the one that built it). MLX ties an
-    unevaluated array to the stream of the thread that made it, and the model keeps some it
-    computes lazily (RoPE frequencies): evaluated here, request threads can use them."""
-    mx.eval(model.logits(model.hidden_states(mx.array([[0]], dtype=mx.int32))))
 
 
 def held_back_length(text: str, stops: list[str]) -> int:
@@ -520,7 +512,6 @@ def create_app(
 ) -> FastAPI:
     """The app serving `model` as `model_name`; `generate_text` replaces the real generator
     (tests pass a stub). Call it on the thread that loaded the model."""
-    evaluate_lazy_arrays(model)
     server = ChatServer(
         tokenizer,
         model_name,

@@ -387,6 +387,9 @@ class Model(nn.Module):
         self._rope = {
             kind: rope_inverse_frequencies(args, full_attention=kind) for kind in (True, False)
         }
+        # Evaluated now: MLX ties an unevaluated array to the stream of the thread that made it,
+        # and a server answers on other threads than the one that built the model.
+        mx.eval([inv_freq for inv_freq, _ in self._rope.values()])
 
     @property
     def layers(self) -> list[DecoderLayer]:
