@@ -29,8 +29,10 @@ an unknown model, malformed tools or messages, a tool_choice naming no listed to
 outside [1, --max-tokens-limit] or past the context; 401 for a missing or wrong bearer key when
 --api-key is set. Prompts are logged only with --log-prompts; the key never is.
 
-One request generates at a time (a lock serializes them); shared batched decoding of concurrent
-requests, and a 503 when the queue is full, are later steps."""
+One request generates at a time (a lock serializes them); up to --max-queue more wait their turn,
+and a request beyond them is answered 503 at once; a body over --max-request-bytes gets 413. A
+stream holds its place until it ends or its client leaves. Shared batched decoding of concurrent
+requests is a later step."""
 
 from __future__ import annotations
 
@@ -76,6 +78,29 @@ class RequestError(Exception):
     def __init__(self, message: str, param: str | None = None, status: int = 400, code=None):
         super().__init__(message)
         self.message, self.param, self.status, self.code = message, param, status, code
+
+
+class Admission:
+    """At most `capacity` requests inside the server at once: one generating, the rest waiting
+    their turn; one more is answered 503 at once rather than queued without bound."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.inside, self.lock = capacity, 0, threading.Lock()
+
+    def enter(self) -> None:
+        with self.lock:
+            if self.inside >= self.capacity:
+                raise RequestError(
+                    f"the server is busy: {self.inside} requests are in and the limit is "
+                    f"{self.capacity} (--max-queue + 1); retry shortly",
+                    status=503,
+                    code="server_busy",
+                )
+            self.inside += 1
+
+    def leave(self) -> None:
+        with self.lock:
+            self.inside -= 1
 
 
 class GenerationStopped(Exception):
@@ -299,10 +324,14 @@ class ChatServer:
         api_key: str | None,
         max_tokens_limit: int,
         log_prompts: bool,
+        max_queue: int = 8,
+        max_request_bytes: int = 1 << 20,
     ):
         self.tokenizer, self.model_name, self.generate_text = tokenizer, model_name, generate_text
         self.context_length, self.api_key = context_length, api_key
         self.max_tokens_limit, self.log_prompts = max_tokens_limit, log_prompts
+        self.max_request_bytes = max_request_bytes
+        self.admission = Admission(max_queue + 1)
         self.lock = threading.Lock()
 
     def check_key(self, request: Request) -> None:
@@ -319,17 +348,37 @@ class ChatServer:
 
     async def chat_completions(self, request: Request):
         self.check_key(request)
+        raw = await request.body()
+        if len(raw) > self.max_request_bytes:
+            raise RequestError(
+                f"the body is {len(raw):,} bytes; the limit is {self.max_request_bytes:,} "
+                "(--max-request-bytes)",
+                status=413,
+                code="request_too_large",
+            )
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             raise RequestError("the body is not valid JSON") from None
         if not isinstance(body, dict):
             raise RequestError("the body must be a JSON object")
         job = self.parse(body)
+        self.admission.enter()
         if job.stream:
-            return StreamingResponse(self.stream_events(job), media_type="text/event-stream")
-        result = await run_in_threadpool(self.run, job, lambda _piece: None, threading.Event())
+            events = self.admitted(self.stream_events(job))
+            return StreamingResponse(events, media_type="text/event-stream")
+        try:
+            result = await run_in_threadpool(self.run, job, lambda _piece: None, threading.Event())
+        finally:
+            self.admission.leave()
         return self.completion(job, result)
+
+    def admitted(self, events: Iterator[str]) -> Iterator[str]:
+        """A stream that holds its admission until it ends, or the client leaves."""
+        try:
+            yield from events
+        finally:
+            self.admission.leave()
 
     def parse(self, body: dict) -> ChatJob:
         if body.get("model") != self.model_name:
@@ -509,6 +558,8 @@ def create_app(
     max_tokens_limit: int = 4096,
     log_prompts: bool = False,
     generate_text: GenerateText | None = None,
+    max_queue: int = 8,
+    max_request_bytes: int = 1 << 20,
 ) -> FastAPI:
     """The app serving `model` as `model_name`; `generate_text` replaces the real generator
     (tests pass a stub). Call it on the thread that loaded the model."""
@@ -520,6 +571,8 @@ def create_app(
         api_key,
         max_tokens_limit,
         log_prompts,
+        max_queue,
+        max_request_bytes,
     )
     app = FastAPI(title="mlx-plamo serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_exception_handler(RequestError, request_error_response)
@@ -558,6 +611,20 @@ def served_name(model_path: str) -> str:
     show_default=True,
     help="Largest max_tokens a request may ask for.",
 )
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=0),
+    default=8,
+    show_default=True,
+    help="Requests that may wait while one generates; beyond them a request gets 503 at once.",
+)
+@click.option(
+    "--max-request-bytes",
+    type=click.IntRange(min=1),
+    default=1 << 20,
+    show_default=True,
+    help="Largest request body; a larger one gets 413.",
+)
 @click.option("--log-prompts", is_flag=True, help="Log each rendered prompt and reply.")
 def serve_command(
     model_path: str,
@@ -566,6 +633,8 @@ def serve_command(
     port: int,
     api_key: str | None,
     max_tokens_limit: int,
+    max_queue: int,
+    max_request_bytes: int,
     log_prompts: bool,
 ) -> None:
     """Serve the model on an OpenAI-compatible /v1/chat/completions endpoint, with tools."""
@@ -588,5 +657,14 @@ def serve_command(
             f'\'{{"model": "{name}", "messages": [{{"role": "user", "content": "Hello"}}]}}\''
         )
     )
-    app = create_app(model, tokenizer, name, api_key, max_tokens_limit, log_prompts)
+    app = create_app(
+        model,
+        tokenizer,
+        name,
+        api_key,
+        max_tokens_limit,
+        log_prompts,
+        max_queue=max_queue,
+        max_request_bytes=max_request_bytes,
+    )
     uvicorn.run(app, host=host, port=port)

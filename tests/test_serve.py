@@ -234,3 +234,38 @@ def test_a_wrong_api_key_is_401(stub_server):
         ask(client.with_options(api_key="wrong-key"))
     with pytest.raises(openai.AuthenticationError):
         client.with_options(api_key="wrong-key").models.list()
+
+
+class SlowStub(StubGenerator):
+    def __call__(self, prompt_ids, sampling, on_token):
+        time.sleep(1.0)
+        return super().__call__(prompt_ids, sampling, on_token)
+
+
+def test_a_full_queue_answers_503_and_a_huge_body_413(tiny):
+    model, tokenizer = tiny
+    stub = SlowStub(tokenizer, "fine")
+    app = create_app(
+        model, tokenizer, MODEL_NAME, generate_text=stub, max_queue=0, max_request_bytes=4096
+    )
+    with serving(app) as url:
+        client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)
+        outcomes: list[object] = []
+
+        def one() -> None:
+            try:
+                outcomes.append(ask(client, max_tokens=4).choices[0].message.content)
+            except openai.APIStatusError as exc:
+                outcomes.append(exc.status_code)
+
+        threads = [threading.Thread(target=one) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.2)  # the first is generating when the second arrives
+        for thread in threads:
+            thread.join(timeout=30)
+        assert sorted(map(str, outcomes)) == ["503", "fine"]
+        assert ask(client, max_tokens=4).choices[0].message.content == "fine"  # slot freed
+        with pytest.raises(openai.APIStatusError) as error:
+            ask(client, messages=[{"role": "user", "content": "x" * 5000}])
+        assert error.value.status_code == 413 and "--max-request-bytes" in str(error.value)
