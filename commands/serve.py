@@ -53,7 +53,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from data.prompt import build_system_prompt, call_text, render_tools
+from data.prompt import build_system_prompt, call_text, calls_text, render_tools
 from eval.bfcl_checker import parse_calls
 from eval.harness import TURN_END
 from mlx_plamo3.errors import USER_ERRORS
@@ -232,10 +232,8 @@ def tool_calls_text(tool_calls: Any, index: int) -> str:
             arguments = None
         if not isinstance(arguments, dict):
             raise RequestError(f"{where}: arguments must be a JSON object string", "messages")
-        calls.append({"name": function["name"], "arguments": arguments})
-    if len(calls) == 1:
-        return call_text(calls[0]["name"], calls[0]["arguments"])
-    return json.dumps(calls)
+        calls.append((function["name"], arguments))
+    return call_text(*calls[0]) if len(calls) == 1 else calls_text(calls)
 
 
 def chat_messages(messages: Any, functions: list[dict] | None) -> list[dict[str, str]]:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from data.leakage import normalise_query, row_query
-from data.prompt import build_system_prompt, call_text, render_tools
+from data.prompt import build_system_prompt, call_text, calls_text, render_tools
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.io import read_jsonl
 
@@ -222,7 +222,7 @@ def gold_text(case: BfclCase) -> str:
     if case.category in NOCALL_CATEGORIES:
         return ""
     if case.category in PARALLEL_CATEGORIES:
-        return "[" + ", ".join(call_text(name, args) for name, args in calls) + "]"
+        return calls_text(calls)
     if len(calls) != 1:
         raise InputError(
             f"{case.id}: category {case.category!r} expects one call, ground truth has {len(calls)}"
