@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from data.call_format import PLAMO, recorded_call_format
 from data.prompt import SYSTEM_PROMPT_PREFIX
 from eval.bfcl import is_bfcl_row
 from eval.bfcl_scoring import category_cells
@@ -138,6 +139,44 @@ print(tokenizer.decode(out[0, ids.shape[1]:]).split("<|plamo:tag|>")[0])
 ```"""
 
 
+# The adapter's name in the serving commands of the card (any name works).
+SERVED_ADAPTER = "plamo-tools"
+
+
+def serving_section(base_model: str, repo_or_dir: str, r: int) -> list[str]:
+    """How to serve a `plamo`-format adapter with the public PLaMo 3 tool parsers. Flags as
+    vLLM's and SGLang's documentation and PFN's plugin README give them."""
+    return [
+        "## Serving with vLLM or SGLang",
+        "",
+        "This adapter writes its calls in PLaMo 3's own tool-request markup "
+        "(`<|plamo:begin_tool_requests:plamo|>...`), which the `plamo3` tool parsers of vLLM and "
+        "SGLang turn into OpenAI `tool_calls` with no glue code. vLLM runs PLaMo 3 through PFN's "
+        "plugin (https://github.com/pfnet-research/vllm-plamo3-plugin, `pip install -e .` in a "
+        "clone):",
+        "",
+        "```sh",
+        f"vllm serve {base_model} --trust-remote-code \\",
+        f"  --enable-lora --lora-modules {SERVED_ADAPTER}={repo_or_dir} --max-lora-rank {r} \\",
+        "  --enable-auto-tool-choice --tool-call-parser plamo3",
+        "```",
+        "",
+        f'and requests name the adapter as the model (`"model": "{SERVED_ADAPTER}"`). SGLang:',
+        "",
+        "```sh",
+        f"python -m sglang.launch_server --model-path {base_model} --trust-remote-code \\",
+        f"  --enable-lora --lora-paths {SERVED_ADAPTER}={repo_or_dir} \\",
+        "  --tool-call-parser plamo3",
+        "```",
+        "",
+        f'with `"model": "{base_model}:{SERVED_ADAPTER}"` in requests. PLaMo 3\'s chat template '
+        "does not render `tools`, so send the system prompt below (instruction and tool "
+        "schemas) as the system message yourself, and also pass `tools` in the request: the "
+        "parsers only return calls to tools the request lists.",
+        "",
+    ]
+
+
 def model_card(
     document: Mapping[str, Any],
     peft_config: Mapping[str, Any],
@@ -154,14 +193,20 @@ def model_card(
     base = peft_config["base_model_name_or_path"]
     revision = peft_config.get("revision")
     r, alpha = peft_config["r"], peft_config["lora_alpha"]
+    markup = recorded_call_format(document, "adapter config") == PLAMO
+    answer = (
+        "a function call in PLaMo 3's own tool-request markup"
+        if markup
+        else 'a JSON function call `{"name": ..., "arguments": {...}}`'
+    )
     parts = [
         front_matter(base, names_hub_repo(base)),
         "",
         "# PLaMo 3 tool-calling LoRA (trained in MLX)",
         "",
         "**Built with PLaMo.** A LoRA adapter that teaches "
-        f"`{base}`{f' (revision `{revision}`)' if revision else ''} to answer with a JSON "
-        'function call `{"name": ..., "arguments": {...}}` when one of the tools listed in '
+        f"`{base}`{f' (revision `{revision}`)' if revision else ''} to answer with {answer} "
+        "when one of the tools listed in "
         "the system prompt fits the request, and to answer normally otherwise. It was trained "
         "with mlx-plamo3 on Apple MLX and exported to the Hugging Face PEFT format; "
         "`mlx-plamo check-torch` re-runs the evaluation in PyTorch to show the two agree.",
@@ -226,6 +271,7 @@ def model_card(
         "--results eval/<condition>.json --trust-remote-code",
         "```",
         "",
+        *(serving_section(base, repo_or_dir, r) if markup else []),
         "## License",
         "",
         f"This adapter is a derivative of `{base}` and is distributed under the PLaMo "

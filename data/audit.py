@@ -9,6 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from data.schema import CALL, DEFERRED_CALL, LABELS, NO_TOOLS, NONSTANDARD_CALL, STRICT_NOCALL
+from data.v3 import (
+    CALL_CLASS,
+    DECLINE_BUILT,
+    DECLINE_MINED,
+    DEFERRED,
+    NOCALL_CLASS,
+    TOOL_RESULT,
+    V3_CLASSES,
+)
 
 # How the audit block names each label, in LABELS order.
 LABEL_WORDS = {
@@ -17,6 +26,17 @@ LABEL_WORDS = {
     DEFERRED_CALL: "deferred call",
     NONSTANDARD_CALL: "nonstandard call",
     NO_TOOLS: "no tools",
+}
+
+
+# How the audit block names each v3 class.
+CLASS_WORDS = {
+    CALL_CLASS: "call",
+    NOCALL_CLASS: "no-call",
+    DECLINE_MINED: "decline (mined)",
+    DECLINE_BUILT: "decline (built)",
+    DEFERRED: "deferred call",
+    TOOL_RESULT: "tool result",
 }
 
 
@@ -56,7 +76,8 @@ def format_audit(audit: dict[str, Any], out: Path | str) -> str:
 
     naive, frozen, train = audit["naive_nocall"], audit["frozen_eval"], audit["train"]
     lines = [
-        f"dataset {audit['recipe']} (sampling seed {audit['seed']}) in {out}",
+        f"dataset {audit['recipe']} (sampling seed {audit['seed']}, calls written as "
+        f"{audit['call_format']}) in {out}",
         f"  source    {rows['source']:,} rows read, {rows['parsed']:,} parsed, "
         f"{rows['skipped_total']:,} skipped (by reason: {skipped}), "
         f"{rows['duplicates_removed']:,} duplicate questions removed: "
@@ -81,6 +102,16 @@ def format_audit(audit: dict[str, Any], out: Path | str) -> str:
         f"{train['requested']['nocall']:,}; the source has {train['available']['call']:,} + "
         f"{train['available']['nocall']:,} after removing eval questions)"
     )
+    if train.get("classes"):
+        lines.append(
+            "            rows by class: "
+            + ", ".join(f"{CLASS_WORDS[k]} {n:,}" for k, n in train["classes"].items())
+        )
+        for klass in V3_CLASSES:
+            lines.append(
+                f"            {CLASS_WORDS[klass]}: {train['built'][klass]:,} drawn (asked for "
+                f"{train['requested'][klass]:,}, the source has {train['available'][klass]:,})"
+            )
     if audit["recipe"] == "v1":
         lines.append(
             f"            v1 no-call examples that really call a tool later: "

@@ -14,6 +14,7 @@ from typing import Any
 from tqdm import tqdm
 
 from data.audit import counter_dict, label_counts, naive_nocall_breakdown, share
+from data.call_format import CALL_FORMAT_KEY, DEFAULT_CALL_FORMAT, check_call_format
 from data.frozen import (
     FROZEN_EVAL_FILE,
     FrozenQuestion,
@@ -34,6 +35,7 @@ from data.recipes import (
 from data.schema import CALL, DEFERRED_CALL, Candidate, ParseError
 from data.sources import DEFAULT_SOURCE, Row, SourceInfo, open_source, parse_row
 from data.store import AUDIT_FILE, EVAL_FILE, FRESH_EVAL_FILE, MANIFEST_FILE, TRAIN_FILE
+from data.v3 import DEFAULT_V3_SIZES, V3_CLASSES, class_counts, v3_examples
 from mlx_plamo3.errors import InputError, PlamoError
 from mlx_plamo3.io import (
     atomic_directory,
@@ -74,12 +76,26 @@ class BuildConfig:
     revision: str | None = None
     force: bool = False
     progress: bool = True
+    call_format: str = DEFAULT_CALL_FORMAT
+    # v3's extra classes: rows wanted per class (missing ones: DEFAULT_V3_SIZES)
+    class_sizes: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise InputError(f"unknown recipe {self.recipe!r}; expected one of {RECIPES}")
         if not self.sources:
             raise InputError("at least one source is needed")
+        check_call_format(self.call_format)
+        unknown = set(self.class_sizes) - set(V3_CLASSES)
+        if unknown:
+            raise InputError(f"unknown v3 classes {sorted(unknown)}; expected {V3_CLASSES}")
+        if any(n < 0 for n in self.class_sizes.values()):
+            raise InputError("example counts must not be negative")
+        if self.class_sizes and self.recipe != "v3":
+            raise InputError(f"class sizes are v3's; recipe {self.recipe} has no such classes")
+
+    def v3_sizes(self) -> dict[str, int]:
+        return {**DEFAULT_V3_SIZES, **self.class_sizes}
 
     def sizes(self) -> tuple[int, int]:
         default_call, default_nocall = DEFAULT_SIZES[self.recipe]
@@ -124,8 +140,10 @@ def ingest(
     frozen_keys: set[str],
     revision: str | None = None,
     progress: bool = False,
+    keep_turns: bool = False,
 ) -> Ingested:
-    """One streaming pass: parse, label and dedup every row of every source, in order."""
+    """One streaming pass: parse, label and dedup every row of every source, in order (with
+    `keep_turns`, each candidate keeps its conversation's turns, as v3 needs)."""
     result = Ingested(candidates=[], matches=defaultdict(list), sources=[])
     unique: dict[str, Candidate] = {}
     index = 0
@@ -145,7 +163,7 @@ def ingest(
             try:
                 if isinstance(row, ParseError):
                     raise row
-                candidate = to_candidate(parse_row(row), index)
+                candidate = to_candidate(parse_row(row), index, keep_turns)
             except ParseError as exc:
                 result.skipped[exc.reason] += 1
                 result.skipped_by_source[-1][exc.reason] += 1
@@ -234,11 +252,12 @@ def plan_build(config: BuildConfig, questions: list[FrozenQuestion] | None = Non
     n_call, n_nocall = config.sizes()
     questions = load_frozen_questions() if questions is None else questions
     frozen_keys = {q.key for q in questions}
-    data = ingest(config.sources, frozen_keys, config.revision, config.progress)
+    v3 = config.recipe == "v3"
+    data = ingest(config.sources, frozen_keys, config.revision, config.progress, keep_turns=v3)
     check_every_source_usable(data)
 
     warnings: list[str] = []
-    eval_rows, report = frozen_eval_rows(questions, data.matches)
+    eval_rows, report = frozen_eval_rows(questions, data.matches, config.call_format)
     if report.absent:
         message = absent_warning(report, len(questions))
         if config.require_frozen_eval:
@@ -249,10 +268,14 @@ def plan_build(config: BuildConfig, questions: list[FrozenQuestion] | None = Non
     pool = [c for c in data.candidates if c.key not in frozen_keys]
     fresh = None
     if config.fresh_eval:
-        fresh = fresh_eval(pool, config.seed)
+        fresh = fresh_eval(pool, config.seed, call_format=config.call_format)
         warnings += shortfall_warnings("fresh eval", fresh)
         pool = [c for c in pool if c.key not in fresh.keys]
-    train = train_examples(config.recipe, pool, n_call, n_nocall, config.seed)
+    train = train_examples(config.recipe, pool, n_call, n_nocall, config.seed, config.call_format)
+    if v3:
+        eval_keys = frozen_keys | (fresh.keys if fresh else set())
+        sizes = config.v3_sizes()
+        train = v3_examples(train, pool, eval_keys, sizes, config.call_format, config.seed)
     warnings += shortfall_warnings(f"{config.recipe} train", train)
     if not train.rows:
         warnings.append("the training set is empty: the source has no usable examples")
@@ -279,6 +302,7 @@ def make_audit(
     return {
         "recipe": config.recipe,
         "seed": config.seed,
+        CALL_FORMAT_KEY: config.call_format,
         "rows": {
             "source": data.source_rows,
             "parsed": data.parsed,
@@ -307,6 +331,9 @@ def make_audit(
             "nocall_deferred_share": share(
                 train.nocall_labels[DEFERRED_CALL], train.built["nocall"]
             ),
+            # v3: rows per class, whichever draw took them (v2's strict no-calls that decline
+            # count as decline_mined)
+            "classes": class_counts(train.rows) if config.recipe == "v3" else None,
         },
         "leakage": {
             "overlap": 0,
@@ -337,6 +364,7 @@ def write_plan(plan: Plan, out: Path, force: bool = False) -> None:
     manifest = {
         "recipe": plan.config.recipe,
         "seed": plan.config.seed,
+        CALL_FORMAT_KEY: plan.config.call_format,
         "sizes": {
             "requested": plan.train.requested,
             "built": plan.train.built,
@@ -344,6 +372,7 @@ def write_plan(plan: Plan, out: Path, force: bool = False) -> None:
             "fresh_eval": len(plan.fresh.rows) if plan.fresh else None,
         },
         "options": {
+            "class_sizes": plan.config.v3_sizes() if plan.config.recipe == "v3" else None,
             "fresh_eval": plan.config.fresh_eval,
             "require_frozen_eval": plan.config.require_frozen_eval,
         },

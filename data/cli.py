@@ -8,10 +8,12 @@ import click
 
 from data.audit import format_audit
 from data.build import BuildConfig, build_dataset
+from data.call_format import CALL_FORMATS, DEFAULT_CALL_FORMAT
 from data.leakage import check_no_leak
 from data.recipes import DEFAULT_SEED, DEFAULT_SIZES, RECIPES
 from data.sources import DEFAULT_SOURCE
 from data.store import TRAIN_FILE, eval_files, load_rows
+from data.v3 import DECLINE_BUILT, DECLINE_MINED, DEFAULT_V3_SIZES, DEFERRED, TOOL_RESULT
 from mlx_plamo3.errors import USER_ERRORS
 from mlx_plamo3.messages import next_step, quoted
 from mlx_plamo3.paths import artifact_dir
@@ -28,7 +30,17 @@ def data_group() -> None:
     type=click.Choice(RECIPES),
     required=True,
     help="v1: the study's naive first-reply labels (reproduces trap 2); "
-    "v2: first-reply calls plus strict no-calls only.",
+    "v2: first-reply calls plus strict no-calls only; v3: v2 plus tool-adjacent declines, "
+    "deferred calls and tool results (see --n-decline ... --n-tool-result).",
+)
+@click.option(
+    "--call-format",
+    type=click.Choice(CALL_FORMATS),
+    default=DEFAULT_CALL_FORMAT,
+    show_default=True,
+    help="How assistant calls are written: json, the study's bare JSON object; plamo, PLaMo 3's "
+    "own tool-request markup (<|plamo:begin_tool_requests:plamo|>...), which vLLM's and "
+    "SGLang's plamo3 tool parsers read. Recorded in the manifest, then the adapter.",
 )
 @click.option(
     "--source",
@@ -62,6 +74,34 @@ def data_group() -> None:
     "with ~45% no-call.",
 )
 @click.option(
+    "--n-decline",
+    type=click.IntRange(min=0),
+    default=None,
+    help=f"v3: glaive's own declines with tools listed, beyond those v2's no-calls hold "
+    f"[default: {DEFAULT_V3_SIZES[DECLINE_MINED]}].",
+)
+@click.option(
+    "--n-built-decline",
+    type=click.IntRange(min=0),
+    default=None,
+    help=f"v3: call questions given one unrelated tool instead of theirs, answered with a "
+    f"decline in glaive's phrasing [default: {DEFAULT_V3_SIZES[DECLINE_BUILT]}].",
+)
+@click.option(
+    "--n-deferred",
+    type=click.IntRange(min=0),
+    default=None,
+    help=f"v3: conversations where the assistant asks for a missing argument, then calls "
+    f"[default: {DEFAULT_V3_SIZES[DEFERRED]}].",
+)
+@click.option(
+    "--n-tool-result",
+    type=click.IntRange(min=0),
+    default=None,
+    help=f"v3: a call, the tool's response and the assistant's answer using it "
+    f"[default: {DEFAULT_V3_SIZES[TOOL_RESULT]}].",
+)
+@click.option(
     "--fresh-eval",
     is_flag=True,
     help="Also draw a fresh eval of the frozen eval's shape (40 call + 12 strict no-call) into "
@@ -82,11 +122,16 @@ def data_group() -> None:
 )
 def build_command(
     recipe: str,
+    call_format: str,
     sources: tuple[str, ...],
     out: Path | None,
     seed: int,
     n_call: int | None,
     n_nocall: int | None,
+    n_decline: int | None,
+    n_built_decline: int | None,
+    n_deferred: int | None,
+    n_tool_result: int | None,
     fresh_eval: bool,
     require_frozen_eval: bool,
     revision: str | None,
@@ -95,6 +140,21 @@ def build_command(
 ) -> None:
     """Build train.jsonl, eval.jsonl, audit.json and manifest.json from glaive rows."""
 
+    class_sizes = {
+        klass: n
+        for klass, n in (
+            (DECLINE_MINED, n_decline),
+            (DECLINE_BUILT, n_built_decline),
+            (DEFERRED, n_deferred),
+            (TOOL_RESULT, n_tool_result),
+        )
+        if n is not None
+    }
+    if class_sizes and recipe != "v3":
+        raise click.UsageError(
+            "--n-decline, --n-built-decline, --n-deferred and --n-tool-result "
+            "are v3's; pass --recipe v3"
+        )
     config = BuildConfig(
         recipe=recipe,
         sources=tuple(sources),
@@ -107,6 +167,8 @@ def build_command(
         revision=revision,
         force=force,
         progress=not quiet,
+        call_format=call_format,
+        class_sizes=class_sizes,
     )
     try:
         path, plan = build_dataset(config)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data.call_format import DEFAULT_CALL_FORMAT, render_calls
 from data.leakage import normalise_query
 from data.prompt import example_row, render_tools
 from data.schema import ROW_KINDS, STRICT_NOCALL, Candidate, ToolCall
@@ -121,15 +122,21 @@ class FrozenReport:
 
 
 def frozen_eval_rows(
-    questions: list[FrozenQuestion], matches: dict[str, list[Candidate]]
+    questions: list[FrozenQuestion],
+    matches: dict[str, list[Candidate]],
+    call_format: str = DEFAULT_CALL_FORMAT,
 ) -> tuple[list[dict[str, Any]], FrozenReport]:
     """One eval row per frozen question, in the frozen order; `matches` maps a normalised query
-    to every source candidate with that query (duplicates included)."""
+    to every source candidate with that query (duplicates included). A call row's assistant
+    message is the gold in `call_format`; its `gold` stays the study's JSON."""
     rows, report = [], FrozenReport()
     for question in questions:
         match = pick_match(question, matches.get(question.key, []))
+        reply = question.gold
         if question.kind == "call":
             gold = question.gold_call()
+            if call_format != DEFAULT_CALL_FORMAT:
+                reply = render_calls([(gold.name, gold.arguments)], call_format)
             if match is not None and gold.name in match.tool_names:
                 tool_text, tools, origin = match.tool_text, match.tools, FROM_SOURCE
             else:
@@ -142,7 +149,7 @@ def frozen_eval_rows(
             tool_text, tools, origin = "", [], MISSING
             report.missing.append(question.question)
         report.from_source += origin == FROM_SOURCE
-        row = example_row(tool_text, question.question, question.gold, question.kind, tools)
+        row = example_row(tool_text, question.question, reply, question.kind, tools)
         row["gold"] = question.gold
         row["tools_source"] = origin
         rows.append(row)

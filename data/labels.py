@@ -3,8 +3,8 @@ label, the whole conversation decides the strict one."""
 
 from __future__ import annotations
 
+from data.call_format import call_text
 from data.leakage import normalise_query
-from data.prompt import call_text
 from data.schema import (
     ASSISTANT,
     CALL,
@@ -49,8 +49,9 @@ def classify(conversation: Conversation, reply: int) -> str:
     return STRICT_NOCALL
 
 
-def to_candidate(conversation: Conversation, index: int) -> Candidate:
-    """The first exchange of a conversation with its label; raises ParseError if there is none."""
+def to_candidate(conversation: Conversation, index: int, keep_turns: bool = False) -> Candidate:
+    """The first exchange of a conversation with its label (and, with `keep_turns`, its turns
+    from the first user turn on); raises ParseError if there is none."""
     user, reply = first_exchange(conversation.turns)
     query = conversation.turns[user].content
     first = conversation.turns[reply]
@@ -63,4 +64,5 @@ def to_candidate(conversation: Conversation, index: int) -> Candidate:
         label=classify(conversation, reply),
         tool_text=conversation.tool_text,
         tools=conversation.tools,
+        turns=tuple(conversation.turns[user:]) if keep_turns else (),
     )

@@ -17,17 +17,26 @@ def normalise_query(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def row_query(row: dict[str, Any], where: str = "row") -> str:
-    """The first user message of a train/eval row."""
+def user_messages(row: dict[str, Any], where: str = "row") -> list[str]:
+    """Every user message of a train/eval row, in order (at least one)."""
     messages = row.get("messages") if isinstance(row, dict) else None
     if not isinstance(messages, list):
         raise InputError(f"{where}: missing 'messages' list")
-    for message in messages:
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-    raise InputError(f"{where}: no user message with string 'content' in 'messages'")
+    found = [
+        message["content"]
+        for message in messages
+        if isinstance(message, dict)
+        and message.get("role") == "user"
+        and isinstance(message.get("content"), str)
+    ]
+    if not found:
+        raise InputError(f"{where}: no user message with string 'content' in 'messages'")
+    return found
+
+
+def row_query(row: dict[str, Any], where: str = "row") -> str:
+    """The first user message of a train/eval row: its question."""
+    return user_messages(row, where)[0]
 
 
 class LeakageError(PlamoError, ValueError):
@@ -47,11 +56,12 @@ class LeakageError(PlamoError, ValueError):
 def find_overlap(
     train_rows: Iterable[dict[str, Any]], eval_rows: Iterable[dict[str, Any]]
 ) -> tuple[list[str], int, int]:
-    """Eval queries (first occurrence, eval order) found in training; with both row counts."""
+    """Eval queries (first occurrence, eval order) found in training; with both row counts.
+    Every user message of a training row counts (a multi-turn row's later turns too)."""
     train_keys = set()
     n_train = 0
     for n_train, row in enumerate(train_rows, start=1):
-        train_keys.add(normalise_query(row_query(row, f"train row {n_train}")))
+        train_keys.update(map(normalise_query, user_messages(row, f"train row {n_train}")))
     overlap: list[str] = []
     seen: set[str] = set()
     n_eval = 0

@@ -26,16 +26,6 @@ def render_tools(tools: list[dict[str, Any]]) -> str:
     return TOOL_SEPARATOR.join(json.dumps(tool, indent=4) for tool in tools)
 
 
-def call_text(name: str, arguments: dict[str, Any]) -> str:
-    """The assistant target for a call, byte-for-byte as the study wrote it (`json.dumps`)."""
-    return json.dumps({"name": name, "arguments": arguments})
-
-
-def calls_text(calls: list[tuple[str, dict[str, Any]]]) -> str:
-    """Several calls in one reply: a JSON list of `call_text` objects."""
-    return "[" + ", ".join(call_text(name, arguments) for name, arguments in calls) + "]"
-
-
 def example_row(
     tool_text: str, query: str, reply: str, kind: str, tools: list[dict[str, Any]]
 ) -> dict[str, Any]:

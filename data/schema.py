@@ -58,9 +58,10 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
-    """What the recipes need from one conversation: its first exchange and its label.
+    """What the recipes need from one conversation: its first exchange and its label, and its
+    turns from the first user turn on only when the recipe needs them (v3).
 
-    Keeping only this (not every turn) keeps a 113k-row build small in memory."""
+    Keeping only the first exchange otherwise keeps a 113k-row build small in memory."""
 
     index: int  # position in the source stream, for stable ordering and error messages
     query: str
@@ -70,6 +71,7 @@ class Candidate:
     label: str
     tool_text: str
     tools: list[dict[str, Any]] = field(default_factory=list)
+    turns: tuple[Turn, ...] = ()
 
     @property
     def tool_names(self) -> set[str]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from data.call_format import DEFAULT_CALL_FORMAT, recorded_call_format
 from data.recipes import RECIPES
 from data.schema import ROW_KINDS
 from mlx_plamo3.errors import InputError
-from mlx_plamo3.io import read_jsonl
+from mlx_plamo3.io import read_json, read_jsonl
 from mlx_plamo3.paths import artifact_dir
 
 TRAIN_FILE = "train.jsonl"
@@ -16,7 +17,10 @@ EVAL_FILE = "eval.jsonl"
 FRESH_EVAL_FILE = "eval_fresh.jsonl"
 AUDIT_FILE = "audit.json"
 MANIFEST_FILE = "manifest.json"
-ROLES = ("system", "user", "assistant")
+# A row: the system message, the first user message, then any turns of these roles (v3's
+# multi-turn rows), ending with an assistant message.
+FIRST_ROLES = ("system", "user")
+LATER_ROLES = ("user", "assistant", "tool")
 
 
 def resolve_dataset(name_or_path: str | Path) -> Path:
@@ -48,11 +52,15 @@ def validate_row(row: Any, where: str) -> dict[str, Any]:
     if not isinstance(row, dict):
         raise InputError(f"{where}: row is not a JSON object")
     messages = row.get("messages")
-    if not isinstance(messages, list) or len(messages) != len(ROLES):
-        raise InputError(f"{where}: 'messages' must be a list of {len(ROLES)} messages")
-    for i, (message, role) in enumerate(zip(messages, ROLES, strict=True)):
-        if not isinstance(message, dict) or message.get("role") != role:
-            raise InputError(f"{where}: 'messages'[{i}] must have 'role' {role!r}")
+    if not isinstance(messages, list) or len(messages) < len(FIRST_ROLES) + 1:
+        raise InputError(f"{where}: 'messages' must be a list of at least 3 messages")
+    for i, message in enumerate(messages):
+        roles = (FIRST_ROLES[i],) if i < len(FIRST_ROLES) else LATER_ROLES
+        if i == len(messages) - 1:
+            roles = ("assistant",)
+        if not isinstance(message, dict) or message.get("role") not in roles:
+            expected = " or ".join(repr(r) for r in roles)
+            raise InputError(f"{where}: 'messages'[{i}] must have 'role' {expected}")
         if not isinstance(message.get("content"), str):
             raise InputError(f"{where}: 'messages'[{i}] has no string 'content'")
     if row.get("kind") not in ROW_KINDS:
@@ -73,3 +81,11 @@ def eval_files(directory: Path) -> list[Path]:
     return [
         directory / name for name in (EVAL_FILE, FRESH_EVAL_FILE) if (directory / name).is_file()
     ]
+
+
+def dataset_call_format(directory: Path) -> str:
+    """The call format a built dataset's manifest records (json for builds before it did)."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        return DEFAULT_CALL_FORMAT
+    return recorded_call_format(read_json(path), str(path))

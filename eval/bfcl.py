@@ -46,8 +46,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data.call_format import call_text, calls_text
 from data.leakage import normalise_query, row_query
-from data.prompt import build_system_prompt, call_text, calls_text, render_tools
+from data.prompt import build_system_prompt, render_tools
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.io import read_jsonl
 

@@ -105,6 +105,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from data.call_format import has_markup, parse_markup
+
 # BFCL parameter types and the Python type a value of each must have.
 BFCL_PYTHON_TYPES: dict[str, type] = {
     "string": str,
@@ -485,13 +487,23 @@ def check_calls(
 
 
 def parse_calls(text: str) -> list[dict] | None:
-    """The calls in a model reply, or None when there are none in our JSON format.
+    """The calls in a model reply, or None when there are none in a call format.
 
-    The span runs from the first "{" or "[" (whichever comes first) to the last "}" (for "{") or
-    "]" (for "["), as in the study's extraction. It must be valid JSON: one object, or a list of
-    objects (an empty list gives []), each with a string "name" and an object "arguments"; other
-    keys are dropped. Anything else gives None.
+    The json format: the span runs from the first "{" or "[" (whichever comes first) to the last
+    "}" (for "{") or "]" (for "["), as in the study's extraction, and must be valid JSON. PLaMo's
+    tool-request markup is read by `data.call_format.parse_markup`. Either way the result must be
+    one object, or a list of objects (an empty JSON list gives []), each with a string "name" and
+    an object "arguments"; other keys are dropped. Anything else gives None.
     """
+    parsed = parse_markup(text) if has_markup(text) else _json_span(text)
+    items = [parsed] if isinstance(parsed, dict) else parsed
+    if not isinstance(items, list) or not all(_is_call(item) for item in items):
+        return None
+    return [{"name": item["name"], "arguments": item["arguments"]} for item in items]
+
+
+def _json_span(text: str) -> Any:
+    """The JSON value of the study's span (see `parse_calls`), or None."""
     starts = [index for index in (text.find("{"), text.find("[")) if index >= 0]
     if not starts:
         return None
@@ -500,10 +512,6 @@ def parse_calls(text: str) -> list[dict] | None:
     if end < start:
         return None
     try:
-        parsed = json.loads(text[start : end + 1])
+        return json.loads(text[start : end + 1])
     except (ValueError, RecursionError):  # RecursionError: pathologically nested output
         return None
-    items = [parsed] if isinstance(parsed, dict) else parsed
-    if not isinstance(items, list) or not all(_is_call(item) for item in items):
-        return None
-    return [{"name": item["name"], "arguments": item["arguments"]} for item in items]

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from data.call_format import has_markup, parse_markup
 from data.schema import ROW_KINDS
 from eval.bfcl import is_bfcl_row
 from eval.bfcl_checker import check_calls, parse_calls
@@ -41,7 +42,13 @@ def parse_prediction(pred: str) -> Any | None:
     echoes several tool schemas separated by blank lines). "Blank line" means a literal "\\n\\n",
     as in the study's finetune/eval_tools.py: a line holding only spaces does not split. Anything
     else gives None. The result may be any JSON value; callers decide whether it is a call.
+    A reply in PLaMo's tool-request markup gives what its json-format twin gives: one call's
+    object (`data.call_format.parse_markup`), and None for several calls or broken markup (the
+    span of the twin's JSON list, from its first `{` to its last `}`, is not JSON).
     """
+    if has_markup(pred):
+        calls = parse_markup(pred)
+        return calls[0] if calls is not None and len(calls) == 1 else None
     start = pred.find("{")
     end = pred.rfind("}")
     if start < 0 or end < start:

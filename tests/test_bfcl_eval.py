@@ -11,7 +11,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from commands.main import main as cli_main
-from data.prompt import call_text, example_row, render_tools
+from data.call_format import call_text
+from data.prompt import example_row, render_tools
 from eval.bfcl import CATEGORIES, case_row, load_cases
 from eval.harness import run_eval
 from mlx_plamo3.loading import load

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from data.prompt import build_system_prompt, call_text, example_row, render_tools
+from data.call_format import call_text
+from data.prompt import build_system_prompt, example_row, render_tools
 from data.store import validate_row
 from eval.bfcl import (
     BFCL_DIR,

@@ -87,7 +87,7 @@ def test_load_rows_reads_and_validates(tmp_path: Path) -> None:
     ("mutate", "message"),
     [
         (lambda r: r.pop("kind"), "'kind' must be one of"),
-        (lambda r: r["messages"].pop(), "'messages' must be a list of 3"),
+        (lambda r: r["messages"].pop(), "'messages' must be a list of at least 3"),
         (lambda r: r["messages"][1].update(role="assistant"), r"'messages'\[1\] must have 'role'"),
         (lambda r: r["messages"][2].update(content=None), r"'messages'\[2\] has no string"),
     ],

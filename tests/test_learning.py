@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from data.prompt import call_text, example_row, render_tools
+from data.call_format import call_text
+from data.prompt import example_row, render_tools
 from eval.harness import run_eval
 from mlx_plamo3.loading import load
 from mlx_plamo3.lora import load_adapter

@@ -55,7 +55,9 @@ def write_dataset(directory: Path, n_train: int = 12, leak: bool = False) -> Pat
     directory.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train.jsonl", train_rows), ("eval.jsonl", eval_rows)):
         (directory / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (directory / "manifest.json").write_text(json.dumps({"recipe": "test-recipe"}))
+    # The rows are plain text; the recorded call format is only carried into the adapter.
+    manifest = {"recipe": "test-recipe", "call_format": "plamo"}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
     return directory
 
 
@@ -237,6 +239,7 @@ def test_adapter_is_saved_in_mlx_form_with_provenance(
     assert document["base_model_name_or_path"] == str(tiny_hf_dir)
     assert "base_model_revision" in document
     assert document["data_recipe"] == "test-recipe"
+    assert document["call_format"] == "plamo"  # the dataset's, from its manifest
     expected_hash = hashlib.sha256((dataset / "train.jsonl").read_bytes()).hexdigest()
     assert document["data_hash"] == expected_hash
     assert (document["train_examples"], document["dropped_too_long"], document["steps"]) == (

@@ -24,7 +24,8 @@ from mlx.utils import tree_flatten, tree_map
 from tqdm import tqdm
 
 from data import check_no_leak, load_rows, resolve_dataset
-from data.store import EVAL_FILE, TRAIN_FILE, eval_files
+from data.call_format import CALL_FORMAT_KEY
+from data.store import EVAL_FILE, TRAIN_FILE, dataset_call_format, eval_files
 from eval.harness import run_eval
 from eval.metric_keys import EXAMPLES_SEEN, LOSS, checkpoint_eval_metrics
 from mlx_plamo3.errors import PlamoError
@@ -290,6 +291,7 @@ class Trainer:
             )
         self.data_hash = file_sha256(self.train_file)
         self.recipe = data_recipe(self.data_dir)
+        self.call_format = dataset_call_format(self.data_dir)
 
     def _adapter_dir(self) -> Path:
         self.run_name = self.config.default_run_name()
@@ -406,6 +408,7 @@ class Trainer:
             "base_model_revision": self.base_revision,
             "base_model_path": str(self.model_dir.resolve()),
             "data_recipe": self.recipe,
+            CALL_FORMAT_KEY: self.call_format,
             "data_hash": self.data_hash,
             "data_dir": str(self.data_dir.resolve()),
             "train_examples": len(self.encoded.examples),
