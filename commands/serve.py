@@ -3,46 +3,62 @@ the tool-calling LoRA, bound to 127.0.0.1 unless --host says otherwise.
 
 Routes: `GET /v1/models` lists the one served model; `POST /v1/chat/completions` takes OpenAI's
 chat body (`model`, `messages`, `tools`, `tool_choice`, `max_tokens`, `temperature`, `top_p`,
-`seed`, `stop`, `stream`, `stream_options.include_usage`) and answers a `chat.completion`, or
-with `stream` server-sent `chat.completion.chunk` events ending in `data: [DONE]`.
+`seed`, `stop`, `stream`, `stream_options.include_usage`, and our extension `constrain`) and
+answers a `chat.completion`, or with `stream` server-sent `chat.completion.chunk` events ending
+in `data: [DONE]`.
 
 Prompts are rendered exactly as the adapter was trained and evaluated: when tools are offered,
 the system message is the study's `build_system_prompt(render_tools(functions))`, the request's
 own system text appended after a blank line (as eval/bfcl.py's case_row does), and the
 conversation goes through `tokenizer.apply_chat_template(..., add_generation_prompt=True)`.
-Earlier assistant `tool_calls` are written back as the study's call JSON (`call_text`; several
-as a JSON list) and `tool` results keep the `tool` role, which the chat template renders.
+Calls are written in the adapter's call format, which its adapter_config.json records
+(`call_format`; json when it records none or no adapter is served; data/call_format.py): earlier
+assistant `tool_calls` are written back in it (`render_calls`: the study's call JSON, several
+as a JSON list, or PLaMo's markup) and `tool` results keep the `tool` role, which the chat
+template renders; replies are read in it.
 
 Replies: text is cut at the first `stop` string (and at `<|plamo:tag|>`, as the eval cuts).
-When tools were offered and `parse_calls` finds calls that all name offered tools, the reply is
-`tool_calls` (content null, finish_reason "tool_calls"); otherwise it is the text, with
-finish_reason "length" when max_tokens ran out, else "stop". `temperature` defaults to 1.0 as
-in OpenAI's API; 0 decodes greedily, as the eval does. A streamed request that offers tools is
-held back and sent in one delta at the end, since a call is only known once the reply is whole.
+When tools were offered, commands/reply_deltas.py decides as the text arrives whether the reply
+is `tool_calls` (content null, finish_reason "tool_calls", or "length" when max_tokens cut the
+call short): a reply that opens with a call to an offered tool streams as tool-call deltas (the
+name first, then the arguments' JSON in fragments); other text streams as content, held back
+only while it could still open a call. Streamed deltas and the non-streamed message are built
+from the same deltas, so they always agree. Content ends with finish_reason "length" when
+max_tokens ran out, else "stop". `temperature` defaults to 1.0 as in OpenAI's API; 0 decodes
+greedily, as the eval does.
 
 tool_choice: "none" offers no tools; "auto", "required" and a named function offer them all.
-Forcing a call ("required" or named) needs constrained decoding, a later step: for now a reply
-that is not a call comes back as plain text.
+Constrained decoding (eval/constrain.py, llguidance) makes a reply that opens a call name an
+offered tool and give arguments its JSON Schema accepts. "required" and a named function are
+always decoded under that grammar (it is the only way to force a call: one or more calls, or
+exactly one call to the named tool), with or without --constrain. "auto" is constrained when
+--constrain is given or the request's `constrain` is true (a request's `constrain` overrides
+the flag for "auto"; it must be a boolean); a reply that does not open a call then stays free
+text. Each request gets its own constraint.
 
 Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}`: 400 for a malformed body,
-an unknown model, malformed tools or messages, a tool_choice naming no listed tool, max_tokens
+an unknown model, malformed tools or messages, a tool_choice naming no listed tool, a
+`constrain` that is not a boolean, max_tokens
 outside [1, --max-tokens-limit] or past the context; 401 for a missing or wrong bearer key when
 --api-key is set. Prompts are logged only with --log-prompts; the key never is.
 
-One request generates at a time (a lock serializes them); up to --max-queue more wait their turn,
-and a request beyond them is answered 503 at once; a body over --max-request-bytes gets 413. A
-stream holds its place until it ends or its client leaves. Shared batched decoding of concurrent
-requests is a later step."""
+Concurrency: one thread owns the model and decodes up to --max-batch requests together
+(mlx_plamo3/batching.py: a request arriving mid-batch is prefilled and joins at the next step,
+a finished one leaves; greedy replies equal those served alone). Up to --max-queue more wait for
+a row, and a request beyond them is answered 503 at once; a body over --max-request-bytes gets
+413. A stream holds its place until it ends or its client leaves, whose row then leaves the
+batch at the next step."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import queue
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,13 +69,16 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from data.prompt import build_system_prompt, call_text, calls_text, render_tools
-from eval.bfcl_checker import parse_calls
+from commands.reply_deltas import ReplyDeltas, ReplyMessage
+from data.call_format import DEFAULT_CALL_FORMAT, recorded_call_format, render_calls
+from data.prompt import build_system_prompt, render_tools
+from eval.constrain import AUTO, NONE, tool_call_constraint
 from eval.harness import TURN_END
+from mlx_plamo3.batching import DecodeLoop, DecodeRequest
 from mlx_plamo3.errors import USER_ERRORS
-from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
+from mlx_plamo3.generate import SamplingConfig, TokenConstraint, stop_token_ids
 from mlx_plamo3.loading import is_hub_id, load
-from mlx_plamo3.lora import load_adapter
+from mlx_plamo3.lora import load_adapter, read_adapter_config
 from mlx_plamo3.messages import next_step
 
 OWNER = "mlx-plamo3"
@@ -67,9 +86,9 @@ ROLES = ("system", "user", "assistant", "tool")
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 SERVER_LOG = logging.getLogger("mlx_plamo3.serve")
 
-# (prompt ids, sampling, on_token) -> the generated ids, stop token excluded. on_token receives
-# each id as it is made; a generator that calls it for none (a test stub) is fed afterwards.
-GenerateText = Callable[[list[int], SamplingConfig, Callable[[int], None]], list[int]]
+# A request -> its generated ids, stop token excluded (mlx_plamo3.batching.DecodeLoop.generate).
+# A generator that calls the request's on_token for none of them (a test stub) is fed afterwards.
+GenerateText = Callable[[DecodeRequest], list[int]]
 
 
 class RequestError(Exception):
@@ -81,8 +100,8 @@ class RequestError(Exception):
 
 
 class Admission:
-    """At most `capacity` requests inside the server at once: one generating, the rest waiting
-    their turn; one more is answered 503 at once rather than queued without bound."""
+    """At most `capacity` requests inside the server at once: --max-batch decoding, the rest
+    waiting for a row; one more is answered 503 at once rather than queued without bound."""
 
     def __init__(self, capacity: int):
         self.capacity, self.inside, self.lock = capacity, 0, threading.Lock()
@@ -92,7 +111,7 @@ class Admission:
             if self.inside >= self.capacity:
                 raise RequestError(
                     f"the server is busy: {self.inside} requests are in and the limit is "
-                    f"{self.capacity} (--max-queue + 1); retry shortly",
+                    f"{self.capacity} (--max-batch + --max-queue); retry shortly",
                     status=503,
                     code="server_busy",
                 )
@@ -103,32 +122,10 @@ class Admission:
             self.inside -= 1
 
 
-class GenerationStopped(Exception):
-    """Raised from on_token to end generation: a stop string was met or the client left."""
-
-
 def error_body(message: str, param: str | None = None, code: str | None = None) -> dict:
     return {
         "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
     }
-
-
-def model_generator(model, tokenizer) -> GenerateText:
-    """The real generator: mlx_plamo3.generate on one prompt, stopping at the turn end."""
-    stops = stop_token_ids(tokenizer)
-    pad_id = tokenizer.pad_token_id or 0
-
-    def generate_text(prompt_ids, sampling, on_token):
-        return generate(
-            model,
-            [prompt_ids],
-            stops,
-            sampling,
-            pad_id=pad_id,
-            on_token=lambda _row, token: on_token(token),
-        )[0]
-
-    return generate_text
 
 
 def held_back_length(text: str, stops: list[str]) -> int:
@@ -182,14 +179,14 @@ class ChatJob:
     offered_tools: set[str]
     stream: bool
     include_usage: bool
+    constraint: TokenConstraint | None = None
     completion_id: str = field(default_factory=lambda: "chatcmpl-" + secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
 
 
 @dataclass
 class ChatResult:
-    text: str
-    tool_calls: list[dict] | None
+    message: ReplyMessage
     finish_reason: str
     completion_tokens: int
 
@@ -216,8 +213,8 @@ def message_text(message: dict, index: int) -> str:
     raise RequestError(f"messages[{index}].content must be a string or text parts", "messages")
 
 
-def tool_calls_text(tool_calls: Any, index: int) -> str:
-    """An assistant's earlier tool_calls as the study's call JSON (several: a JSON list)."""
+def tool_calls_text(tool_calls: Any, index: int, call_format: str) -> str:
+    """An assistant's earlier tool_calls as the adapter writes calls (`call_format`)."""
     where = f"messages[{index}].tool_calls"
     if not isinstance(tool_calls, list) or not tool_calls:
         raise RequestError(f"{where} must be a non-empty list", "messages")
@@ -233,12 +230,14 @@ def tool_calls_text(tool_calls: Any, index: int) -> str:
         if not isinstance(arguments, dict):
             raise RequestError(f"{where}: arguments must be a JSON object string", "messages")
         calls.append((function["name"], arguments))
-    return call_text(*calls[0]) if len(calls) == 1 else calls_text(calls)
+    return render_calls(calls, call_format)
 
 
-def chat_messages(messages: Any, functions: list[dict] | None) -> list[dict[str, str]]:
+def chat_messages(
+    messages: Any, functions: list[dict] | None, call_format: str = DEFAULT_CALL_FORMAT
+) -> list[dict[str, str]]:
     """The request's messages as the chat template takes them, the study's system prompt first
-    when tools are offered (`functions`)."""
+    when tools are offered (`functions`), earlier calls written in `call_format`."""
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", "messages")
     system_texts, turns = [], []
@@ -249,7 +248,8 @@ def chat_messages(messages: Any, functions: list[dict] | None) -> list[dict[str,
         if role == "system":
             system_texts.append(message_text(message, index))
         elif role == "assistant" and message.get("tool_calls"):
-            turns.append({"role": role, "content": tool_calls_text(message["tool_calls"], index)})
+            content = tool_calls_text(message["tool_calls"], index, call_format)
+            turns.append({"role": role, "content": content})
         else:
             turns.append({"role": role, "content": message_text(message, index)})
     if functions:
@@ -288,7 +288,9 @@ def offered_functions(body: dict) -> list[dict] | None:
         if choice.get("type") != "function" or name not in {f["name"] for f in functions}:
             raise RequestError(f"tool_choice names no listed tool: {name!r}", "tool_choice")
     elif choice is not None and choice not in TOOL_CHOICE_MODES:
-        raise RequestError(f"tool_choice must be one of {TOOL_CHOICE_MODES} or a function")
+        raise RequestError(
+            f"tool_choice must be one of {TOOL_CHOICE_MODES} or a function", "tool_choice"
+        )
     return None if choice == "none" or not functions else functions
 
 
@@ -322,15 +324,18 @@ class ChatServer:
         api_key: str | None,
         max_tokens_limit: int,
         log_prompts: bool,
+        max_batch: int = 8,
         max_queue: int = 8,
         max_request_bytes: int = 1 << 20,
+        call_format: str = DEFAULT_CALL_FORMAT,
+        constrain: bool = False,
     ):
         self.tokenizer, self.model_name, self.generate_text = tokenizer, model_name, generate_text
         self.context_length, self.api_key = context_length, api_key
         self.max_tokens_limit, self.log_prompts = max_tokens_limit, log_prompts
         self.max_request_bytes = max_request_bytes
-        self.admission = Admission(max_queue + 1)
-        self.lock = threading.Lock()
+        self.call_format, self.constrain = call_format, constrain
+        self.admission = Admission(max_batch + max_queue)
 
     def check_key(self, request: Request) -> None:
         if self.api_key is None:
@@ -363,20 +368,17 @@ class ChatServer:
         job = self.parse(body)
         self.admission.enter()
         if job.stream:
-            events = self.admitted(self.stream_events(job))
-            return StreamingResponse(events, media_type="text/event-stream")
+            return StreamingResponse(self.stream_events(job), media_type="text/event-stream")
         try:
-            result = await run_in_threadpool(self.run, job, lambda _piece: None, threading.Event())
+            result = await run_in_threadpool(self.run, job, lambda _deltas: None, threading.Event())
+        except Exception as exc:
+            SERVER_LOG.exception("generation failed")
+            raise RequestError(
+                f"generation failed: {exc}", status=500, code="server_error"
+            ) from None
         finally:
             self.admission.leave()
         return self.completion(job, result)
-
-    def admitted(self, events: Iterator[str]) -> Iterator[str]:
-        """A stream that holds its admission until it ends, or the client leaves."""
-        try:
-            yield from events
-        finally:
-            self.admission.leave()
 
     def parse(self, body: dict) -> ChatJob:
         if body.get("model") != self.model_name:
@@ -388,7 +390,8 @@ class ChatServer:
         if body.get("n", 1) != 1:
             raise RequestError("only n=1 is supported", "n")
         functions = offered_functions(body)
-        messages = chat_messages(body.get("messages"), functions)
+        constraint = self.constraint(body, functions)
+        messages = chat_messages(body.get("messages"), functions, self.call_format)
         try:
             prompt_ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         except USER_ERRORS as exc:
@@ -434,49 +437,63 @@ class ChatServer:
             stream=bool(body.get("stream")),
             include_usage=isinstance(stream_options, dict)
             and bool(stream_options.get("include_usage")),
+            constraint=constraint,
         )
 
+    def constraint(self, body: dict, functions: list[dict] | None) -> TokenConstraint | None:
+        """The request's own constraint (module docstring): always for a forced call, for
+        "auto" when the request's `constrain`, else --constrain, says so; None without tools."""
+        constrain = body.get("constrain")
+        if constrain is not None and not isinstance(constrain, bool):
+            raise RequestError("constrain must be true or false", "constrain")
+        choice = body.get("tool_choice") or AUTO
+        forced = choice not in (AUTO, NONE)
+        if not functions or not (forced or (self.constrain if constrain is None else constrain)):
+            return None
+        try:
+            return tool_call_constraint(self.tokenizer, functions, choice, self.call_format)
+        except USER_ERRORS as exc:
+            raise RequestError(str(exc), "tools") from None
+
     def run(
-        self, job: ChatJob, on_text: Callable[[str], None], cancelled: threading.Event
+        self, job: ChatJob, on_deltas: Callable[[list[dict]], None], cancelled: threading.Event
     ) -> ChatResult:
-        """Generate the reply, handing released text to `on_text` as it comes."""
+        """Generate the reply, handing its deltas to `on_deltas` as they are decided (on the
+        decode loop's thread); setting `cancelled` ends it at the next token."""
         reply = ReplyText(self.tokenizer.decode, job.stops)
+        deltas = ReplyDeltas(job.offered_tools, self.call_format)
+        message = ReplyMessage()
 
-        def on_token(token: int) -> None:
-            if cancelled.is_set():
-                raise GenerationStopped
-            on_text(reply.add(token))
-            if reply.stopped:
-                raise GenerationStopped
+        def send(new: list[dict]) -> None:
+            if new:
+                message.add(new)
+                on_deltas(new)
 
-        with self.lock:
-            try:
-                ids = self.generate_text(job.prompt_ids, job.sampling, on_token)
-                for token in ids[len(reply.tokens) :]:  # a generator that did not call on_token
-                    on_token(token)
-            except GenerationStopped:
-                pass
-        on_text(reply.finish())
+        def on_token(token: int) -> bool:
+            send(deltas.add(reply.add(token)))
+            return reply.stopped
+
+        request = DecodeRequest(job.prompt_ids, job.sampling, on_token, cancelled, job.constraint)
+        ids = self.generate_text(request)
+        for token in ids[len(reply.tokens) :]:  # a generator that did not call on_token
+            if cancelled.is_set() or on_token(token):
+                break
+        send(deltas.add(reply.finish()))
+        send(deltas.finish())
         if self.log_prompts:
             SERVER_LOG.info("reply:\n%s", reply.text)
-        calls = parse_calls(reply.text) if job.offered_tools else None
-        if calls and all(call["name"] in job.offered_tools for call in calls):
-            tool_calls = [
-                {
-                    "id": "call_" + secrets.token_hex(12),
-                    "type": "function",
-                    "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])},
-                }
-                for call in calls
-            ]
-            return ChatResult(reply.text, tool_calls, "tool_calls", len(reply.tokens))
         ran_out = not reply.stopped and len(reply.tokens) >= job.sampling.max_new_tokens
-        return ChatResult(reply.text, None, "length" if ran_out else "stop", len(reply.tokens))
+        if message.tool_calls:
+            finish_reason = "length" if ran_out and not deltas.call_closed else "tool_calls"
+        else:
+            finish_reason = "length" if ran_out else "stop"
+        return ChatResult(message, finish_reason, len(reply.tokens))
 
     def completion(self, job: ChatJob, result: ChatResult) -> dict:
-        message = {"role": "assistant", "content": None if result.tool_calls else result.text}
-        if result.tool_calls:
-            message["tool_calls"] = result.tool_calls
+        tool_calls = result.message.tool_calls
+        message = {"role": "assistant", "content": None if tool_calls else result.message.content}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
         return {
             "id": job.completion_id,
             "object": "chat.completion",
@@ -500,48 +517,46 @@ class ChatServer:
         }
         return f"data: {json.dumps(payload)}\n\n"
 
-    def stream_events(self, job: ChatJob) -> Iterator[str]:
-        """Server-sent events: the role, content deltas as tokens arrive (all at the end when
-        tools are offered), the finish reason, usage if asked, then [DONE]."""
-        events: queue.Queue = queue.Queue()
+    async def stream_events(self, job: ChatJob) -> AsyncIterator[str]:
+        """Server-sent events: the role, each delta as it is decided, the finish reason, usage
+        if asked, then [DONE]. Holds the request's admission until it ends or the client
+        leaves; leaving also ends its row in the decode loop."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
+
+        def post(kind: str, value) -> None:
+            if not cancelled.is_set():  # nobody reads after the stream has ended
+                loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
         def produce() -> None:
             try:
-                events.put(
-                    ("done", self.run(job, lambda piece: events.put(("text", piece)), cancelled))
-                )
+                post("done", self.run(job, lambda deltas: post("deltas", deltas), cancelled))
             except Exception as exc:  # sent to the client as an error event
                 SERVER_LOG.exception("generation failed")
-                events.put(("error", exc))
+                post("error", exc)
 
         threading.Thread(target=produce, daemon=True).start()
         try:
             yield self.chunk(job, {"role": "assistant", "content": ""})
             while True:
-                kind, value = events.get()
-                if kind == "text":
-                    if value and not job.offered_tools:
-                        yield self.chunk(job, {"content": value})
+                kind, value = await events.get()
+                if kind == "deltas":
+                    for delta in value:
+                        yield self.chunk(job, delta)
                     continue
                 if kind == "error":
                     yield f"data: {json.dumps(error_body(f'generation failed: {value}'))}\n\n"
                     return
-                yield from self.final_events(job, value)
+                yield self.chunk(job, {}, value.finish_reason)
+                if job.include_usage:
+                    usage = value.usage(len(job.prompt_ids))
+                    yield self.event(job, {"choices": [], "usage": usage})
                 break
             yield "data: [DONE]\n\n"
         finally:
             cancelled.set()
-
-    def final_events(self, job: ChatJob, result: ChatResult) -> Iterator[str]:
-        if result.tool_calls:
-            deltas = [dict(call, index=index) for index, call in enumerate(result.tool_calls)]
-            yield self.chunk(job, {"tool_calls": deltas})
-        elif job.offered_tools and result.text:
-            yield self.chunk(job, {"content": result.text})
-        yield self.chunk(job, {}, result.finish_reason)
-        if job.include_usage:
-            yield self.event(job, {"choices": [], "usage": result.usage(len(job.prompt_ids))})
+            self.admission.leave()
 
 
 def request_error_response(_request: Request, exc: RequestError) -> JSONResponse:
@@ -556,27 +571,61 @@ def create_app(
     max_tokens_limit: int = 4096,
     log_prompts: bool = False,
     generate_text: GenerateText | None = None,
+    max_batch: int = 8,
     max_queue: int = 8,
     max_request_bytes: int = 1 << 20,
+    call_format: str = DEFAULT_CALL_FORMAT,
+    constrain: bool = False,
 ) -> FastAPI:
-    """The app serving `model` as `model_name`; `generate_text` replaces the real generator
-    (tests pass a stub). Call it on the thread that loaded the model."""
+    """The app serving `model` as `model_name`, decoding up to `max_batch` requests together
+    on a DecodeLoop thread that runs until the app shuts down; `generate_text` replaces the
+    loop (tests pass a stub, which requests call on their own threads). Calls are written and
+    read in `call_format`; `constrain` constrains "auto" requests by default."""
+    decode_loop = None
+    if generate_text is None:
+        stops, pad_id = stop_token_ids(tokenizer), tokenizer.pad_token_id or 0
+        decode_loop = DecodeLoop(model, stops, pad_id, max_batch)
+        generate_text = decode_loop.generate
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if decode_loop is not None:
+            await run_in_threadpool(decode_loop.close)
+
     server = ChatServer(
         tokenizer,
         model_name,
-        generate_text or model_generator(model, tokenizer),
+        generate_text,
         model.args.max_position_embeddings,
         api_key,
         max_tokens_limit,
         log_prompts,
+        max_batch,
         max_queue,
         max_request_bytes,
+        call_format,
+        constrain,
     )
-    app = FastAPI(title="mlx-plamo serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="mlx-plamo serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+    )
     app.add_exception_handler(RequestError, request_error_response)
     app.add_api_route("/v1/models", server.list_models, methods=["GET"])
     app.add_api_route("/v1/chat/completions", server.chat_completions, methods=["POST"])
     return app
+
+
+def load_served(model_path: str, adapter: str | None) -> tuple[Any, Any, str]:
+    """(model, tokenizer, call format): the base with the adapter applied, and the call format
+    the adapter's config records (json without an adapter)."""
+    model, tokenizer = load(model_path)
+    if not adapter:
+        return model, tokenizer, DEFAULT_CALL_FORMAT
+    call_format = recorded_call_format(read_adapter_config(adapter)[1], adapter)
+    load_adapter(model, adapter, None, model_path)
+    model.eval()
+    return model, tokenizer, call_format
 
 
 def served_name(model_path: str) -> str:
@@ -610,11 +659,19 @@ def served_name(model_path: str) -> str:
     help="Largest max_tokens a request may ask for.",
 )
 @click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Requests decoded together in one batch; one arriving mid-batch joins at the next step.",
+)
+@click.option(
     "--max-queue",
     type=click.IntRange(min=0),
     default=8,
     show_default=True,
-    help="Requests that may wait while one generates; beyond them a request gets 503 at once.",
+    help="Requests that may wait for a row while --max-batch decode; beyond them a request "
+    "gets 503 at once.",
 )
 @click.option(
     "--max-request-bytes",
@@ -622,6 +679,15 @@ def served_name(model_path: str) -> str:
     default=1 << 20,
     show_default=True,
     help="Largest request body; a larger one gets 413.",
+)
+@click.option(
+    "--constrain",
+    is_flag=True,
+    help="Constrain replies to tool_choice 'auto' requests that offer tools: a reply that opens "
+    "a call must name an offered tool, with arguments its JSON Schema accepts (llguidance). "
+    'A request\'s body key "constrain" (true/false) overrides this. tool_choice "required" or a '
+    "named function is always constrained, with or without this flag: nothing else forces a "
+    "call.",
 )
 @click.option("--log-prompts", is_flag=True, help="Log each rendered prompt and reply.")
 def serve_command(
@@ -631,23 +697,24 @@ def serve_command(
     port: int,
     api_key: str | None,
     max_tokens_limit: int,
+    max_batch: int,
     max_queue: int,
     max_request_bytes: int,
+    constrain: bool,
     log_prompts: bool,
 ) -> None:
-    """Serve the model on an OpenAI-compatible /v1/chat/completions endpoint, with tools."""
+    """Serve the model on an OpenAI-compatible /v1/chat/completions endpoint, with tools, calls
+    written and read in the adapter's call format (json or PLaMo's markup)."""
     try:
-        model, tokenizer = load(model_path)
-        if adapter:
-            load_adapter(model, adapter, None, model_path)
-            model.eval()
+        model, tokenizer, call_format = load_served(model_path, adapter)
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     if log_prompts:
         logging.basicConfig(level=logging.INFO)
     name = served_name(model_path)
     url = f"http://{host}:{port}/v1"
-    click.echo(f"serving {name} at {url}")
+    constrained = "all calls constrained" if constrain else "forced calls constrained"
+    click.echo(f"serving {name} at {url} (tool calls: {call_format} format, {constrained})")
     key_header = " -H 'Authorization: Bearer <your --api-key>'" if api_key else ""
     click.echo(
         next_step(
@@ -662,7 +729,10 @@ def serve_command(
         api_key,
         max_tokens_limit,
         log_prompts,
+        max_batch=max_batch,
         max_queue=max_queue,
         max_request_bytes=max_request_bytes,
+        call_format=call_format,
+        constrain=constrain,
     )
     uvicorn.run(app, host=host, port=port)

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from data import load_rows, resolve_dataset
+from data.call_format import CALL_FORMAT_KEY, DEFAULT_CALL_FORMAT, recorded_call_format
 from eval.bfcl import BFCL_DIR, CATEGORIES, case_row, is_bfcl_row, load_cases, seen_in_training
 from eval.bfcl_scoring import format_bfcl, summarize_bfcl
 from eval.compare import compare_rows, format_comparison
@@ -37,6 +38,7 @@ from mlx_plamo3.lora import (
     BASE_WEIGHTS_KEY,
     load_adapter,
     model_weights_fingerprint,
+    read_adapter_config,
     warn_other_base,
 )
 from mlx_plamo3.memory import budget
@@ -270,6 +272,13 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
     "--no-prefix-reuse", is_flag=True, help="Run every prompt from scratch, like the study."
 )
 @click.option(
+    "--constrain",
+    is_flag=True,
+    help="Constrain each reply that opens a call ('{' or '[', or PLaMo's markup for an adapter "
+    "whose config records that call format) to the row's tool names and their arguments' JSON "
+    "Schemas (llguidance); free-text replies stay free.",
+)
+@click.option(
     "--allow-other-base",
     is_flag=True,
     help="Evaluate an adapter trained on another base of the same shape, with a warning "
@@ -298,6 +307,7 @@ def eval_command(
     memory_limit: float | None,
     max_new_tokens: int,
     no_prefix_reuse: bool,
+    constrain: bool,
     allow_other_base: bool,
     compare: tuple[str, str] | None,
     mode: str,
@@ -332,7 +342,10 @@ def eval_command(
             rows = load_rows(eval_file)
         model, tokenizer = load(model_path)
         base_weights = model_weights_fingerprint(model)
+        # how the adapter writes calls (the base conditions answer in the study's json)
+        call_format = DEFAULT_CALL_FORMAT
         if adapter:
+            call_format = recorded_call_format(read_adapter_config(adapter)[1], adapter)
             load_adapter(model, adapter, warn_other_base(allow_other_base), model_path)
             model.eval()
     except USER_ERRORS as exc:
@@ -352,11 +365,14 @@ def eval_command(
             share_prefix=not no_prefix_reuse,
             progress=bar.update,
             memory_available=limit_bytes - mx.get_active_memory(),
+            constrain=constrain,
+            call_format=call_format,
         )
     records["summary"] |= {
         "model": model_reference(model_path),
         BASE_WEIGHTS_KEY: base_weights,
         "adapter": str(Path(adapter).resolve()) if adapter else None,
+        CALL_FORMAT_KEY: call_format,
         "data": str(eval_file.resolve()),
         "data_sha256": file_sha256(eval_file) if eval_file.is_file() else None,
     }

@@ -1,5 +1,7 @@
 """The 52-case tool-calling evaluation, generated in MLX: the study's prompts and decoding
-(greedy, 160 new tokens, cut at <|plamo:tag|>), batched with the shared prompt prefix run once."""
+(greedy, 160 new tokens, cut at <|plamo:tag|>), batched with the shared prompt prefix run once.
+With `constrain`, each reply is decoded under its row's tools in `auto` mode (eval.constrain):
+free text stays free, a reply that opens a call is held to the tool names and their schemas."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from data.call_format import DEFAULT_CALL_FORMAT
 from eval.bfcl import SUITE, is_bfcl_row
 from eval.bfcl_scoring import summarize_bfcl
+from eval.constrain import AUTO, constraint_factory
 from eval.scoring import summarize
 from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
 from mlx_plamo3.memory import activation_dtype, generation_batch_size
@@ -69,12 +73,17 @@ def run_eval(
     share_prefix: bool = True,
     progress: Callable[[int], None] | None = None,
     memory_available: int | None = None,
+    constrain: bool = False,
+    call_format: str = DEFAULT_CALL_FORMAT,
 ) -> dict[str, Any]:
     """Records `{"summary", "rows"}` for the eval rows (the first `limit`, if given).
 
     `condition` labels the run; `fewshot` inserts the study's 2-shot turns. With
     `memory_available` (bytes beyond the loaded model), the batch size is lowered until the
-    predicted KV cache, prefill and logits of a batch fit in it."""
+    predicted KV cache, prefill and logits of a batch fit in it. With `constrain`, replies are
+    decoded under each row's tools (`eval.constrain`, mode auto, calls in `call_format`, the
+    adapter's); `summary.decoding` records it, with the notes on schemas the grammar had to
+    loosen."""
     rows = list(eval_rows)[:limit] if limit else list(eval_rows)
     prompts = [
         tokenizer.apply_chat_template(prompt_messages(r, fewshot), add_generation_prompt=True)
@@ -89,6 +98,13 @@ def run_eval(
             max_new_tokens,
             batch_size,
         )
+    constraints, notes = None, set()
+    if constrain:
+        factories = [
+            constraint_factory(tokenizer, r.get("tools", []), AUTO, call_format) for r in rows
+        ]
+        constraints = [factory() for factory in factories]
+        notes = {note for factory in factories for note in factory.notes}
     started = time.perf_counter()
     outputs = generate(
         model,
@@ -99,6 +115,7 @@ def run_eval(
         batch_size=batch_size,
         share_prefix=share_prefix,
         progress=progress,
+        constraints=constraints,
     )
     minutes = (time.perf_counter() - started) / 60
     records = [
@@ -124,5 +141,8 @@ def run_eval(
         "max_new_tokens": max_new_tokens,
         "stop": TURN_END,
         "batch_size": batch_size,
+        "constrained": constrain,
     }
+    if notes:
+        summary["decoding"]["constraint_notes"] = sorted(notes)
     return {"summary": summary, "rows": records}

@@ -4,16 +4,24 @@ Batched prompts are left-padded and masked; a prefix shared by all prompts (the 
 with the tool list, in the eval) is run once at batch 1 and its cache copied to every row, the
 rest of each prompt following it with padding in between. Masks and RoPE positions come from
 token positions, so every row computes what it would compute alone.
+
+Constrained decoding: a row may carry a `TokenConstraint` (a grammar's state, say). Before each
+pick its `allowed()` mask sends every disallowed logit to -inf, and every token the row keeps is
+passed to its `accept`. This module knows only that protocol, no grammar library. Rows without a
+constraint, and runs without any, pick exactly the tokens they pick unconstrained.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import mlx.core as mx
+import numpy as np
 
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.io import read_json
@@ -28,6 +36,18 @@ class SamplingConfig:
     seed: int = 0
 
 
+class TokenConstraint(Protocol):
+    """What a row's next token may be, following the tokens it has produced.
+
+    `allowed()`: a numpy bool array over token ids (True = may be picked), or None when any token
+    may; ids beyond its length are disallowed. It must allow at least one token. `accept(token)`
+    is called with each token the row keeps (never with the stop token that ends it)."""
+
+    def allowed(self) -> np.ndarray | None: ...
+
+    def accept(self, token: int) -> None: ...
+
+
 def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
     """Length of the longest token prefix every prompt shares, leaving each at least one token
     of its own (its last prompt token must run in the batched step to yield the first logits)."""
@@ -40,6 +60,9 @@ def common_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
 
 # Prompt columns a batched prefill runs per forward pass.
 PREFILL_CHUNK = 256
+# What one prefill pass costs, in padded prompt columns per row: rows of different lengths are
+# prefilled in separate passes (no padding) when padding them together would cost more.
+PREFILL_PASS_COLUMNS = 32
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[mx.array, mx.array]:
@@ -74,6 +97,27 @@ def pick_tokens(logits: mx.array, sampling: SamplingConfig, key: mx.array | None
     return mx.random.categorical(logits, key=key)
 
 
+def constrain_logits(
+    logits: mx.array, constraints: Sequence[TokenConstraint | None], done: Sequence[bool]
+) -> mx.array:
+    """`logits` [batch, vocab] with what each live row's constraint disallows sent to -inf; rows
+    without a constraint (or whose constraint allows anything now) are left as they are."""
+    masks = [
+        None if constraint is None or finished else constraint.allowed()
+        for constraint, finished in zip(constraints, done, strict=True)
+    ]
+    if all(mask is None for mask in masks):
+        return logits
+    vocab = logits.shape[-1]
+    keep = np.ones((len(masks), vocab), dtype=bool)
+    for row, mask in enumerate(masks):
+        if mask is not None:
+            width = min(len(mask), vocab)
+            keep[row, :width] = mask[:width]
+            keep[row, width:] = False
+    return mx.where(mx.array(keep), logits, mx.array(-mx.inf, dtype=logits.dtype))
+
+
 def generate_batch(
     model: Model,
     prompts: Sequence[Sequence[int]],
@@ -83,24 +127,17 @@ def generate_batch(
     prefix_cache: Plamo3Cache | None = None,
     prefix_length: int = 0,
     on_token: Callable[[int, int], None] | None = None,
+    constraints: Sequence[TokenConstraint | None] | None = None,
 ) -> list[list[int]]:
     """New tokens for each prompt (stop token excluded). `prefix_cache` holds the first
-    `prefix_length` tokens shared by all prompts; only the rest of each prompt is run here."""
+    `prefix_length` tokens shared by all prompts; only the rest of each prompt is run here.
+    `constraints`, one per prompt (None for a free row), restrict what each row may pick."""
     batch = len(prompts)
-    if prefix_cache is not None:
-        cache = prefix_cache.copy(batch)
-    else:
-        cache, prefix_length = model.make_cache(batch), 0
-    ids, mask = left_pad([p[prefix_length:] for p in prompts], pad_id)
-    # In chunks of PREFILL_CHUNK columns, so the attention scores of a long padded batch are
-    # never all held at once; the output head on the last position only.
-    for start in range(0, ids.shape[1], PREFILL_CHUNK):
-        end = start + PREFILL_CHUNK
-        hidden = model.hidden_states(
-            ids[:, start:end], cache=cache, attention_mask=mask[:, start:end]
-        )
-        mx.eval(hidden)
-    logits = model.logits(hidden[:, -1, :])
+    if constraints is not None and len(constraints) != batch:
+        raise ValueError(f"{len(constraints)} constraints for {batch} prompts")
+    if prefix_cache is None:
+        prefix_length = 0
+    cache, logits = prefill(model, prompts, pad_id, prefix_cache, prefix_length)
     key = mx.random.key(sampling.seed) if sampling.temperature > 0 else None
     outputs: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
@@ -109,6 +146,8 @@ def generate_batch(
             key, subkey = mx.random.split(key)
         else:
             subkey = None
+        if constraints is not None:
+            logits = constrain_logits(logits, constraints, done)
         tokens = pick_tokens(logits, sampling, subkey)
         for row, token in enumerate(tokens.tolist()):
             if done[row]:
@@ -117,6 +156,8 @@ def generate_batch(
                 done[row] = True
                 continue
             outputs[row].append(token)
+            if constraints is not None and constraints[row] is not None:
+                constraints[row].accept(token)
             if on_token is not None:
                 on_token(row, token)
         if all(done):
@@ -128,14 +169,81 @@ def generate_batch(
     return outputs
 
 
+def prefill_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Rows (indices into `lengths`) grouped for prefill: sorted by length and cut into the
+    contiguous groups that minimise the columns run, each group costing PREFILL_PASS_COLUMNS
+    plus its rows times its longest row (padding and passes both cost)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best, cut = [0] + [math.inf] * len(order), [0] * (len(order) + 1)
+    for end in range(1, len(order) + 1):
+        for start in range(end):
+            cost = best[start] + PREFILL_PASS_COLUMNS + (end - start) * lengths[order[end - 1]]
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups, end = [], len(order)
+    while end > 0:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
+def prefill_padded(model: Model, prompts: Sequence[Sequence[int]], pad_id: int, cache) -> mx.array:
+    """Run `prompts` left-padded into `cache`; the logits [rows, vocab] of each row's next token.
+    In chunks of PREFILL_CHUNK columns, so the attention scores of a long padded batch are never
+    all held at once; the output head on the last position only."""
+    ids, mask = left_pad(prompts, pad_id)
+    for start in range(0, ids.shape[1], PREFILL_CHUNK):
+        end = start + PREFILL_CHUNK
+        hidden = model.hidden_states(
+            ids[:, start:end], cache=cache, attention_mask=mask[:, start:end]
+        )
+        mx.eval(hidden)
+    return model.logits(hidden[:, -1, :])
+
+
+def prefill(
+    model: Model,
+    prompts: Sequence[Sequence[int]],
+    pad_id: int,
+    prefix_cache: Plamo3Cache | None = None,
+    prefix_length: int = 0,
+) -> tuple[Plamo3Cache, mx.array]:
+    """A cache holding `prompts` and each row's next-token logits [rows, vocab], rows in the
+    order given. `prefix_cache` (batch 1) holds their first `prefix_length` tokens; each row's
+    rest runs in a group of rows of similar length (`prefill_groups`), and the groups' caches
+    are stacked, each row's keys padded in front with slots no query sees."""
+    rests = [list(p[prefix_length:]) for p in prompts]
+    caches, logits, placed = [], [], []
+    for group in prefill_groups([len(rest) for rest in rests]):
+        if prefix_cache is not None:
+            cache = prefix_cache.copy(len(group))
+        else:
+            cache = model.make_cache(len(group))
+        logits.append(prefill_padded(model, [rests[i] for i in group], pad_id, cache))
+        caches.append(cache)
+        placed += group
+    if len(caches) == 1:
+        cache, logits = caches[0], logits[0]
+    else:
+        cache, logits = Plamo3Cache.stack(caches), mx.concatenate(logits)
+    if placed != sorted(placed):
+        back = [placed.index(row) for row in range(len(placed))]
+        cache, logits = cache.rows(back), logits[mx.array(back, dtype=mx.int32)]
+    return cache, logits
+
+
 def prefill_tokens(prompts: Sequence[Sequence[int]], order: Sequence[int], batch_size: int) -> int:
-    """Tokens a batched prefill in `order` runs: per batch, the common prefix once and every
-    row's rest padded to the longest."""
+    """Columns a batched prefill in `order` runs: per batch, the common prefix once and the
+    rows' rests in `prefill_groups`, each group padded to its longest."""
     total = 0
     for start in range(0, len(order), batch_size):
         chunk = [prompts[i] for i in order[start : start + batch_size]]
         shared = common_prefix_length(chunk) if len(chunk) > 1 else 0
-        total += shared + len(chunk) * (max(map(len, chunk)) - shared)
+        rests = [len(p) - shared for p in chunk]
+        total += shared + sum(
+            PREFILL_PASS_COLUMNS + len(group) * max(rests[i] for i in group)
+            for group in prefill_groups(rests)
+        )
     return total
 
 
@@ -158,14 +266,18 @@ def generate(
     context_length: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_token: Callable[[int, int], None] | None = None,
+    constraints: Sequence[TokenConstraint | None] | None = None,
 ) -> list[list[int]]:
-    """Generate for many prompts in batches, returned in the order given.
+    """Generate for many prompts in batches, returned in the order given; `constraints`, when
+    given, holds one per prompt in the same order (see `TokenConstraint`).
 
     With `share_prefix`, each batch runs its common prefix once (reused by the next batch when it
     is the same), and the prompts are batched in the order `batch_order` predicts to prefill the
     fewest tokens: sorted, so that prompts with the same tool list travel together, or by
     length, so that prompts with nothing in common beyond the instructions pad the least."""
     sampling = sampling or SamplingConfig()
+    if constraints is not None and len(constraints) != len(prompts):
+        raise ValueError(f"{len(constraints)} constraints for {len(prompts)} prompts")
     if context_length is not None:
         too_long = [
             i for i, p in enumerate(prompts) if len(p) + sampling.max_new_tokens > context_length
@@ -188,7 +300,15 @@ def generate(
                 prefix = list(chunk[0][:length])
                 prefix_cache = prefill_prefix(model, prefix)
         outputs = generate_batch(
-            model, chunk, stop_ids, sampling, pad_id, prefix_cache, len(prefix), on_token
+            model,
+            chunk,
+            stop_ids,
+            sampling,
+            pad_id,
+            prefix_cache,
+            len(prefix),
+            on_token,
+            None if constraints is None else [constraints[i] for i in indices],
         )
         results |= dict(zip(indices, outputs, strict=True))
         if progress is not None:

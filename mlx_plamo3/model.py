@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
@@ -223,6 +224,17 @@ class KeyMeta:
         )
 
 
+def stack_padded(arrays: Sequence[mx.array], pads: Sequence[int], axis: int) -> mx.array:
+    """`arrays` concatenated along the batch axis, each first padded in front along `axis` by
+    its pad (zeros)."""
+    parts = []
+    for array, pad in zip(arrays, pads, strict=True):
+        shape = list(array.shape)
+        shape[axis] = pad
+        parts.append(mx.concatenate([mx.zeros(shape, array.dtype), array], axis=axis))
+    return mx.concatenate(parts)
+
+
 class Plamo3Cache:
     """KV cache for generation: full layers keep every key, sliding layers drop keys that have
     left the window of every row (in chunks, so decoding does not copy the cache each token)."""
@@ -265,6 +277,52 @@ class Plamo3Cache:
             setattr(twin, name, repeated)
         twin.next_positions = mx.repeat(self.next_positions, batch, 0)
         return twin
+
+    def layers_of_kind(self, sliding: bool) -> list[LayerKV]:
+        kinds = zip(self.layers, self.sliding, strict=True)
+        return [layer for layer, kind in kinds if kind == sliding]
+
+    @staticmethod
+    def stack(caches: Sequence[Plamo3Cache]) -> Plamo3Cache:
+        """One cache whose rows are the rows of `caches`, in order. Per layer kind, a cache with
+        fewer key slots is padded in front with invalid slots (position 0, never attended to),
+        so every row goes on computing what it computed alone."""
+        stacked = Plamo3Cache(caches[0].args, 0)
+        for sliding, name in ((False, "full_meta"), (True, "sliding_meta")):
+            metas = [getattr(cache, name) for cache in caches]
+            width = max(meta.positions.shape[1] for meta in metas)
+            pads = [width - meta.positions.shape[1] for meta in metas]
+            positions = stack_padded([meta.positions for meta in metas], pads, 1)
+            valid = stack_padded([meta.valid for meta in metas], pads, 1)
+            setattr(stacked, name, KeyMeta(positions, valid))
+            sides = [cache.layers_of_kind(sliding) for cache in caches]
+            for target, *layers in zip(stacked.layers_of_kind(sliding), *sides, strict=True):
+                target.keys = stack_padded([kv.keys[:, :, : kv.length] for kv in layers], pads, 2)
+                target.values = stack_padded(
+                    [kv.values[:, :, : kv.length] for kv in layers], pads, 2
+                )
+                target.length = width
+        stacked.next_positions = mx.concatenate([cache.next_positions for cache in caches])
+        return stacked
+
+    def rows(self, index: Sequence[int]) -> Plamo3Cache:
+        """The cache of rows `index` (in that order), without the leading key slots none of
+        them can see."""
+        picked = mx.array(list(index), dtype=mx.int32)
+        kept = Plamo3Cache(self.args, 0)
+        for sliding, name in ((False, "full_meta"), (True, "sliding_meta")):
+            meta = getattr(self, name)
+            valid = meta.valid[picked]
+            seen = mx.any(valid, axis=0).tolist()
+            start = seen.index(True) if True in seen else len(seen)
+            setattr(kept, name, KeyMeta(meta.positions[picked, start:], valid[:, start:]))
+            layers = zip(self.layers_of_kind(sliding), kept.layers_of_kind(sliding), strict=True)
+            for mine, theirs in layers:
+                theirs.keys = mine.keys[picked, :, start : mine.length]
+                theirs.values = mine.values[picked, :, start : mine.length]
+                theirs.length = mine.length - start
+        kept.next_positions = self.next_positions[picked]
+        return kept
 
 
 def attention_allowed(

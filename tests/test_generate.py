@@ -8,13 +8,17 @@ import pytest
 
 from mlx_plamo3 import load_model
 from mlx_plamo3.generate import (
+    PREFILL_PASS_COLUMNS,
     SamplingConfig,
     TextStreamer,
     batch_order,
     common_prefix_length,
     generate,
+    prefill_groups,
     prefill_tokens,
+    stop_token_ids,
 )
+from mlx_plamo3.loading import load
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +165,40 @@ def test_batches_go_by_shared_prefix_or_by_length_whichever_prefills_less():
     # Two short and two long prompts; each short one shares its first token with a long one.
     prompts = [[1] + [9] * 9, [1], [2] + [9] * 9, [2]]
     by_prefix, by_length = [1, 0, 3, 2], [1, 3, 0, 2]
+    passes = PREFILL_PASS_COLUMNS
     # By prefix: a 1-token prompt keeps its token for the rest, so ([1], [1, 9..]) share
-    # nothing and both pad to 10; twice: 40.
-    assert prefill_tokens(prompts, by_prefix, batch_size=2) == 40
-    # By length: two 1-token prompts, then two 10-token ones: 2 + 20.
-    assert prefill_tokens(prompts, by_length, batch_size=2) == 22
+    # nothing; one pass padded to 10 beats two passes of 1 and 10; twice.
+    assert prefill_tokens(prompts, by_prefix, batch_size=2) == 2 * (passes + 2 * 10)
+    # By length: two 1-token prompts, then two 10-token ones.
+    assert prefill_tokens(prompts, by_length, batch_size=2) == passes + 2 + passes + 20
     assert batch_order(prompts, batch_size=2) == by_length
     # One tool list, two questions each: sorted, each batch runs its 20 shared tokens once.
     same_tools = [[7] * 20 + [1, 1], [8] * 20 + [1], [7] * 20 + [2], [8] * 20 + [2, 2]]
-    assert prefill_tokens(same_tools, [0, 2, 1, 3], batch_size=2) == (20 + 2 * 2) * 2
+    assert prefill_tokens(same_tools, [0, 2, 1, 3], batch_size=2) == (20 + passes + 2 * 2) * 2
     assert batch_order(same_tools, batch_size=2) == [0, 2, 1, 3]
+
+
+def test_prefill_groups_pad_rows_together_only_where_padding_costs_less_than_a_pass():
+    assert PREFILL_PASS_COLUMNS == 32  # the figures below assume it
+    # 10 and 12 pad together (32 + 2 x 12 < 2 x 32 + 22); 300 runs alone; 990 and 1,000 pad
+    # together (32 + 2 x 1,000 < 2 x 32 + 1,990); 300 with either pair would pad hundreds.
+    assert prefill_groups([300, 10, 1000, 12, 990]) == [[1, 3], [0], [4, 2]]
+    assert prefill_groups([5]) == [[0]]
+    assert prefill_groups([]) == []
+
+
+def test_rows_prefilled_in_groups_continue_exactly_as_alone(tiny_mlx_dir):
+    model, tokenizer = load(tiny_mlx_dir)
+    stop = stop_token_ids(tokenizer)
+    # Lengths far apart, so they prefill in separate groups whose caches are stacked.
+    prompts = [
+        tokenizer.encode("word " * 90),
+        tokenizer.encode("hi"),
+        tokenizer.encode("hello there " * 40),
+        tokenizer.encode("ok then"),
+    ]
+    assert len(prefill_groups([len(p) for p in prompts])) > 1
+    sampling = SamplingConfig(max_new_tokens=10)
+    batched = generate(model, prompts, stop, sampling, batch_size=4, share_prefix=False)
+    alone = [generate(model, [p], stop, sampling, batch_size=1)[0] for p in prompts]
+    assert batched == alone
