@@ -22,6 +22,14 @@ Competitors, in one process on the same model and rows, rotating which goes firs
   no reuse, as the study's eval loop ran.
 - batched, no reuse (a third mode, to separate the two effects; --no-third-mode skips it).
 All decode greedily with 160 new tokens; the predictions must be identical, and are checked.
+
+At the user's width: --layers 1,2,4 runs the same two competitors on the generation engine
+(`mlx_plamo3.generate.generate`, called with the arguments `run_eval` passes it) with a random
+model of the 2B width and vocabulary (benchmarks/common.py) at each depth, in --dtype, prompts
+tokenized by the tiny vocabulary (longer than the real one would make them: prefill, the part
+batching cannot shrink, is overstated). Predictions are compared as token ids; seconds are
+fitted over depth and predicted at --fit-depth (24, the real model's), since full-depth decoding
+one question at a time is slow on a CPU.
 """
 
 from __future__ import annotations
@@ -38,22 +46,28 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_decode import build_models
 from benchmarks.common import (
     REPO_ROOT,
     WorkDir,
     add_common_args,
+    add_shape_arg,
     blas_note,
+    fit_over_depth,
     median,
     mlx_device,
     print_table,
     ratio,
+    real_config,
+    shape_label,
     summary,
     write_report,
 )
 from convert.tiny import write_tiny_checkpoint
 from eval.bfcl import SUITE, case_row, load_cases
-from eval.harness import SUITES, run_eval
-from mlx_plamo3.loading import load
+from eval.harness import SUITES, prompt_messages, run_eval
+from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
+from mlx_plamo3.loading import DTYPES, load
 
 NAME = "bench_eval"
 SAMPLE_SOURCE = REPO_ROOT / "data" / "samples" / "llamafactory_glaive_toolcall_en_demo.json"
@@ -105,6 +119,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-third-mode", action="store_true", help="skip 'batched, no reuse' (prefix effect)"
     )
+    parser.add_argument(
+        "--layers",
+        help="comma-separated depths: compare batched and sequential on a random model of the "
+        "2B width at each (instead of --model), and fit seconds over depth",
+    )
+    add_shape_arg(parser)
+    parser.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="with --layers"
+    )
+    parser.add_argument(
+        "--fit-depth", type=int, default=24, help="with --layers: the depth to predict [24]"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
@@ -121,9 +147,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         kinds = {k: sum(r["kind"] == k for r in rows) for k in ("call", "nocall")}
         print(f"{len(rows)} eval rows ({kinds}) from {rows_source}")
         model_dir = args.model
-        if model_dir is None:
+        if model_dir is None or args.layers:
             model_dir = write_tiny_checkpoint(work / "tiny", seed=0, force=True)
         model, tokenizer = load(model_dir)
+    if args.layers:
+        depths = [int(d) for d in args.layers.split(",")]
+        return user_width(args, depths, rows, rows_source, tokenizer, started)
 
     competitors = {
         "batched + prefix reuse": {"batch_size": args.batch_size, "share_prefix": True},
@@ -192,16 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         NAME,
         {
             "model": str(args.model or "tiny random (convert/tiny.py, seed 0)"),
-            "rows": rows_source,
             "row_kinds": kinds,
-            "batch_size": args.batch_size,
-            "max_new_tokens": args.max_new_tokens,
-            "fewshot": args.fewshot,
-            "suite": args.suite,
-            "per_category": args.per_category,
-            "repeats": args.repeats,
-            "device": mlx_device(),
-            "blas": blas_note(),
+            **run_settings(args, rows_source),
         },
         {
             "modes": {
@@ -216,6 +237,147 @@ def main(argv: Sequence[str] | None = None) -> int:
         [
             "generated token counts re-encode the decoded predictions (approximate)",
             "the same model object serves both modes; modes alternate order per repeat",
+        ],
+        started,
+    )
+    if not identical:
+        print("error: the two modes predicted differently", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_settings(args: argparse.Namespace, rows_source: str) -> dict[str, Any]:
+    """What a report records of the run besides the model."""
+    return {
+        "rows": rows_source,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "fewshot": args.fewshot,
+        "suite": args.suite,
+        "per_category": args.per_category,
+        "repeats": args.repeats,
+        "device": mlx_device(),
+        "blas": blas_note(),
+    }
+
+
+def user_width(
+    args: argparse.Namespace,
+    depths: list[int],
+    rows: list[dict[str, Any]],
+    rows_source: str,
+    tokenizer,
+    started: float,
+) -> int:
+    """Batched + prefix reuse vs sequential at the 2B width, at each depth, fitted over depth."""
+    prompts = [
+        tokenizer.apply_chat_template(prompt_messages(r, args.fewshot), add_generation_prompt=True)
+        for r in rows
+    ]
+    modes = {
+        "batched + prefix reuse": {"batch_size": args.batch_size, "share_prefix": True},
+        "sequential, no reuse": {"batch_size": 1, "share_prefix": False},
+    }
+    stop_ids, pad_id = stop_token_ids(tokenizer), tokenizer.pad_token_id or 0
+
+    def run(model, name: str, chosen: list[list[int]], new_tokens: int) -> list[list[int]]:
+        sampling = SamplingConfig(max_new_tokens=new_tokens)
+        return generate(model, chosen, stop_ids, sampling, pad_id=pad_id, **modes[name])
+
+    print(f"{len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens")
+    per_depth: dict[int, dict[str, Any]] = {}
+    table = []
+    for depth in depths:
+        config = real_config(depth, args.shape)
+        model, _ = build_models(config, DTYPES[args.dtype], with_mlx_lm=False)
+        for name in modes:  # warm-up, untimed
+            run(model, name, prompts[:2], 4)
+        seconds: dict[str, list[float]] = {name: [] for name in modes}
+        outputs: dict[str, list[list[list[int]]]] = {name: [] for name in modes}
+        for repeat in range(args.repeats):
+            names = list(modes)[repeat % 2 :] + list(modes)[: repeat % 2]
+            for name in names:
+                start = time.perf_counter()
+                outputs[name].append(run(model, name, prompts, args.max_new_tokens))
+                seconds[name].append(time.perf_counter() - start)
+                print(f"{depth} layers, repeat {repeat}, {name}: {seconds[name][-1]:.1f} s")
+        reference = outputs["batched + prefix reuse"][0]
+        differing = [
+            i
+            for i in range(len(prompts))
+            if any(o[i] != reference[i] for runs in outputs.values() for o in runs)
+        ]
+        new_tokens = sum(map(len, reference))
+        batched = median(seconds["batched + prefix reuse"])
+        sequential = median(seconds["sequential, no reuse"])
+        per_depth[depth] = {
+            "seconds": {name: summary(values) for name, values in seconds.items()},
+            "speedup_batched_vs_sequential": ratio(sequential, batched),
+            "generated_tokens": new_tokens,
+            "differing_questions": differing,
+        }
+        table.append(
+            [
+                shape_label(config, args.shape),
+                sequential,
+                batched,
+                ratio(sequential, batched),
+                new_tokens / batched,
+                "yes" if not differing else f"NO ({len(differing)})",
+            ]
+        )
+        del model
+    fit = None
+    if len(depths) > 1:
+        fixed_b, per_layer_b = fit_over_depth(
+            {d: r["seconds"]["batched + prefix reuse"]["median"] for d, r in per_depth.items()}
+        )
+        fixed_s, per_layer_s = fit_over_depth(
+            {d: r["seconds"]["sequential, no reuse"]["median"] for d, r in per_depth.items()}
+        )
+        batched = fixed_b + per_layer_b * args.fit_depth
+        sequential = fixed_s + per_layer_s * args.fit_depth
+        fit = {
+            "depth": args.fit_depth,
+            "batched_seconds": batched,
+            "sequential_seconds": sequential,
+            "speedup_batched_vs_sequential": ratio(sequential, batched),
+        }
+        new_tokens = per_depth[depths[-1]]["generated_tokens"]
+        table.append(
+            [
+                f"fitted at {args.fit_depth} layers",
+                sequential,
+                batched,
+                ratio(sequential, batched),
+                new_tokens / batched,
+                "",
+            ]
+        )
+    print()
+    print_table(
+        ["model", "sequential s", "batched s", "speed-up", "≈ new tok/s batched", "identical"],
+        table,
+        title=f"{len(prompts)} {args.suite} questions, {args.max_new_tokens} new tokens max, "
+        f"batch {args.batch_size}, {args.dtype}, on {mlx_device()} ({blas_note()})",
+    )
+    identical = all(not r["differing_questions"] for r in per_depth.values())
+    write_report(
+        args.out,
+        NAME,
+        {
+            "model": f"random, {args.shape} shape, depths {depths}, {args.dtype}",
+            **run_settings(args, rows_source),
+        },
+        {
+            "depths": per_depth,
+            "fit": fit,
+            "modes": modes,
+            "predictions_identical": identical,
+        },
+        [
+            "prompts are tokenized by the tiny vocabulary; generation runs the real vocabulary",
+            "the same model object serves both modes at a depth; modes alternate order per repeat",
         ],
         started,
     )

@@ -37,6 +37,7 @@ from benchmarks.common import (
     add_shape_arg,
     blas_note,
     emit_result,
+    fit_over_depth,
     gib,
     lora_param_count,
     mlx_device,
@@ -178,20 +179,14 @@ def fit_layers(cases: Sequence[dict[str, Any]], depth: int) -> list[dict[str, An
         shallow = [c for c in group if c["layers"] < depth]
         if len({c["layers"] for c in shallow}) < 2:
             continue
-        xs = [c["layers"] for c in shallow]
-        ys = [c["peak_bytes"] for c in shallow]
-        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / sum(
-            (x - mean_x) ** 2 for x in xs
-        )
-        fixed = mean_y - slope * mean_x
+        fixed, slope = fit_over_depth({c["layers"]: c["peak_bytes"] for c in shallow})
         measured = [c for c in group if c["layers"] == depth]
         fits.append(
             {
                 "base": base,
                 "seq_len": seq_len,
                 "grad_checkpoint": grad_checkpoint,
-                "fitted_on_layers": sorted(set(xs)),
+                "fitted_on_layers": sorted({c["layers"] for c in shallow}),
                 "per_layer_bytes": slope,
                 "fixed_bytes": fixed,
                 "depth": depth,

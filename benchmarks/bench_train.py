@@ -70,6 +70,7 @@ from benchmarks.common import (
     add_shape_arg,
     blas_note,
     emit_result,
+    fit_over_depth,
     gib,
     median,
     mlx_device,
@@ -489,19 +490,6 @@ def max_or_none(values: list[int | None]) -> int | None:
     """The largest measured value; None where the competitor has no such measurement."""
     measured = [v for v in values if v is not None]
     return max(measured) if measured else None
-
-
-def fit_over_depth(seconds_by_depth: dict[int, float]) -> tuple[float, float]:
-    """(fixed seconds, seconds per layer): least squares of step seconds over depth."""
-    depths = sorted(seconds_by_depth)
-    if len(depths) < 2:
-        raise ValueError("a fit over depth needs at least two depths")
-    mean_d = sum(depths) / len(depths)
-    mean_s = sum(seconds_by_depth[d] for d in depths) / len(depths)
-    slope = sum((d - mean_d) * (seconds_by_depth[d] - mean_s) for d in depths) / sum(
-        (d - mean_d) ** 2 for d in depths
-    )
-    return mean_s - slope * mean_d, slope
 
 
 def depth_fits(

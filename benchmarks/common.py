@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,6 +193,20 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[flo
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def fit_over_depth(values_by_depth: Mapping[int, float]) -> tuple[float, float]:
+    """(fixed, per layer): the least-squares line of a measurement (seconds, bytes) over depth,
+    for predicting a depth too slow to run from shallower ones."""
+    depths = sorted(values_by_depth)
+    if len(depths) < 2:
+        raise ValueError("a fit over depth needs at least two depths")
+    mean_d = sum(depths) / len(depths)
+    mean_v = sum(values_by_depth[d] for d in depths) / len(depths)
+    slope = sum((d - mean_d) * (values_by_depth[d] - mean_v) for d in depths) / sum(
+        (d - mean_d) ** 2 for d in depths
+    )
+    return mean_v - slope * mean_d, slope
 
 
 def ratio(numerator: float, denominator: float) -> float:

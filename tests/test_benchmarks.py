@@ -218,7 +218,7 @@ def test_profile_train_step_small(tmp_path: Path) -> None:
 
 
 def test_depth_fit_is_least_squares() -> None:
-    from benchmarks.bench_train import fit_over_depth
+    from benchmarks.common import fit_over_depth
 
     fixed, per_layer = fit_over_depth({1: 7.0, 2: 9.0, 4: 13.0})  # on the line 5 + 2 x layers
     assert (fixed, per_layer) == pytest.approx((5.0, 2.0))
@@ -283,6 +283,19 @@ def test_bench_eval_small(tmp_path: Path) -> None:
         "sequential, no reuse",
         "batched, no reuse",
     }
+
+
+def test_bench_eval_at_the_user_width_fits_over_depth(tmp_path: Path) -> None:
+    from benchmarks import bench_eval
+
+    out = tmp_path / "eval_width.json"
+    argv = ["--suite", "bfcl", "--per-category", "1", "--layers", "1,2", "--shape", "small"]
+    argv += ["--max-new-tokens", "4", "--repeats", "1", "--out", str(out)]
+    assert bench_eval.main(argv) == 0
+    results = read_report(out, "bench_eval")["results"]
+    assert results["predictions_identical"]
+    assert set(results["depths"]) == {"1", "2"}
+    assert results["fit"]["depth"] == 24 and results["fit"]["batched_seconds"] > 0
 
 
 def test_bench_export_small(tmp_path: Path) -> None:
@@ -358,3 +371,36 @@ def test_memory_fit_predicts_the_full_depth_from_shallow_cases(tmp_path: Path) -
     bad.write_text("{}")
     with pytest.raises(SystemExit, match=r"bad\.json: not a bench_memory report"):
         bench_memory.main(["--combine", str(bad)])
+
+
+def test_bench_serve_small(tmp_path: Path) -> None:
+    from benchmarks import bench_serve
+
+    out = tmp_path / "serve.json"
+    argv = ["--models", "real", "--shape", "small", "--dtype", "float32", "--clients", "1,3"]
+    argv += ["--requests", "1", "--max-tokens", "4", "--out", str(out)]
+    assert bench_serve.main([*argv, "--work-dir", str(tmp_path / "work")]) == 0
+    runs = read_report(out, "bench_serve")["results"]["runs"]
+    assert {(r["server"], r["clients"]) for r in runs} == {
+        (server, clients) for server in bench_serve.SERVERS for clients in (1, 3)
+    }
+    for run in runs:
+        assert run["requests"] == run["clients"] and not run["errors"], run
+        assert run["requests_per_second"] > 0 and run["generated_tokens"] > 0
+    # Greedy replies do not depend on how many requests decode together.
+    assert all(r["same_replies_as_sequential"] for r in runs if r["server"] == "ours-batched")
+
+
+def test_bench_constrain_small(tmp_path: Path) -> None:
+    from benchmarks import bench_constrain
+
+    out = tmp_path / "constrain.json"
+    argv = ["--shape", "small", "--per-category", "1", "--repeats", "1", "--max-new-tokens", "6"]
+    assert bench_constrain.main([*argv, "--out", str(out)]) == 0
+    results = read_report(out, "bench_constrain")["results"]
+    assert set(results["decoding"]) == {"unconstrained", "auto", "required"}
+    assert results["decoding"]["unconstrained"]["grammar_us_per_row_step"] == 0
+    assert all(r["row_steps"] >= r["generated_tokens"] > 0 for r in results["decoding"].values())
+    mask = results["mask"]
+    assert mask["vocab_size"] == common.real_config(shape="small")["vocab_size"]
+    assert mask["tokens_timed"] > 0 and mask["gold_replies_replayed"] > 0
