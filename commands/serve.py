@@ -46,8 +46,8 @@ Concurrency: one thread owns the model and decodes up to --max-batch requests to
 (mlx_plamo3/batching.py: a request arriving mid-batch is prefilled and joins at the next step,
 a finished one leaves; greedy replies equal those served alone). Up to --max-queue more wait for
 a row, and a request beyond them is answered 503 at once; a body over --max-request-bytes gets
-413. A stream holds its place until it ends or its client leaves, whose row then leaves the
-batch at the next step."""
+413. A request holds its place until it ends or its client leaves, whose row then leaves the
+batch at the next step (a non-streamed request notices within DISCONNECT_POLL_SECONDS)."""
 
 from __future__ import annotations
 
@@ -85,6 +85,8 @@ OWNER = "mlx-plamo3"
 ROLES = ("system", "user", "assistant", "tool")
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 SERVER_LOG = logging.getLogger("mlx_plamo3.serve")
+# How often a waiting non-streamed request checks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 0.25
 
 # A request -> its generated ids, stop token excluded (mlx_plamo3.batching.DecodeLoop.generate).
 # A generator that calls the request's on_token for none of them (a test stub) is fed afterwards.
@@ -370,7 +372,7 @@ class ChatServer:
         if job.stream:
             return StreamingResponse(self.stream_events(job), media_type="text/event-stream")
         try:
-            result = await run_in_threadpool(self.run, job, lambda _deltas: None, threading.Event())
+            result = await self.answer_unless_left(request, job)
         except Exception as exc:
             SERVER_LOG.exception("generation failed")
             raise RequestError(
@@ -379,6 +381,19 @@ class ChatServer:
         finally:
             self.admission.leave()
         return self.completion(job, result)
+
+    async def answer_unless_left(self, request: Request, job: ChatJob) -> ChatResult:
+        """A non-streamed reply; a client that leaves while it decodes ends its row (checked every
+        DISCONNECT_POLL_SECONDS), which frees the row and the admission for others."""
+        cancelled = threading.Event()
+        work = asyncio.ensure_future(
+            run_in_threadpool(self.run, job, lambda _deltas: None, cancelled)
+        )
+        while not work.done():
+            await asyncio.wait({work}, timeout=DISCONNECT_POLL_SECONDS)
+            if not work.done() and await request.is_disconnected():
+                cancelled.set()
+        return work.result()
 
     def parse(self, body: dict) -> ChatJob:
         if body.get("model") != self.model_name:

@@ -540,6 +540,27 @@ def test_a_client_leaving_mid_stream_frees_its_row_and_slot(tiny):
             assert len(left) == round_ and 0 < len(left[-1].tokens) < 4000
 
 
+def test_a_non_streamed_client_leaving_frees_its_row_and_slot(tiny):
+    # One row, no queue: a long non-streamed request decodes; its client gives up (a timeout),
+    # its row ends within the poll interval, and the next request is admitted and served.
+    with loop_server(tiny, max_batch=1, max_queue=0) as (client, loop):
+        alone = one_reply(client, "Hello", 9, stream=False)
+        impatient = client.with_options(timeout=1.5)
+        with pytest.raises(openai.APITimeoutError):
+            ask(
+                impatient,
+                messages=[{"role": "user", "content": "Count forever."}],
+                max_tokens=4000,
+            )
+        deadline = time.monotonic() + 30
+        while not [row for row in loop.finished if row.finish_reason == CANCELLED]:
+            assert time.monotonic() < deadline, "the abandoned row never ended"
+            time.sleep(0.01)
+        left = next(row for row in loop.finished if row.finish_reason == CANCELLED)
+        assert 0 < len(left.tokens) < 4000
+        assert one_reply(client, "Hello", 9, stream=False) == alone
+
+
 # ---- constrained decoding -----------------------------------------------------------------------
 
 # Bounded strings: a random model under a grammar closes an unbounded string only by chance.
