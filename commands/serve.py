@@ -76,7 +76,7 @@ from eval.constrain import AUTO, NONE, tool_call_constraint
 from eval.harness import TURN_END
 from mlx_plamo3.batching import DecodeLoop, DecodeRequest
 from mlx_plamo3.errors import USER_ERRORS
-from mlx_plamo3.generate import SamplingConfig, TokenConstraint, stop_token_ids
+from mlx_plamo3.generate import ReplyText, SamplingConfig, TokenConstraint, stop_token_ids
 from mlx_plamo3.loading import is_hub_id, load
 from mlx_plamo3.lora import load_adapter, read_adapter_config
 from mlx_plamo3.messages import next_step
@@ -128,47 +128,6 @@ def error_body(message: str, param: str | None = None, code: str | None = None) 
     return {
         "error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}
     }
-
-
-def held_back_length(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that could begin a stop string."""
-    longest = 0
-    for stop in stops:
-        for length in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:length]):
-                longest = length
-                break
-    return longest
-
-
-class ReplyText:
-    """The reply's text as tokens arrive: an incomplete UTF-8 character and a possible start of
-    a stop string are held back; the text ends before the first stop string."""
-
-    def __init__(self, decode: Callable[[list[int]], str], stops: list[str]):
-        self.decode, self.stops = decode, stops
-        self.tokens: list[int] = []
-        self.text = ""  # what was released so far
-        self.stopped = False  # a stop string was met
-
-    def add(self, token: int) -> str:
-        """The new text `token` releases."""
-        self.tokens.append(token)
-        text = self.decode(self.tokens)
-        return "" if text.endswith("\ufffd") else self._release(text, final=False)
-
-    def finish(self) -> str:
-        """The text still held back, once generation has ended."""
-        return self._release(self.decode(self.tokens), final=True)
-
-    def _release(self, text: str, final: bool) -> str:
-        cuts = [index for index in (text.find(stop) for stop in self.stops) if index >= 0]
-        if cuts:
-            text, self.stopped = text[: min(cuts)], True
-        end = len(text) if final or self.stopped else len(text) - held_back_length(text, self.stops)
-        piece = text[len(self.text) : end]
-        self.text += piece
-        return piece
 
 
 @dataclass

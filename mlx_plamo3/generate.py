@@ -316,28 +316,64 @@ def generate(
     return [results[i] for i in range(len(prompts))]
 
 
+def held_back_length(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that could begin a stop string."""
+    longest = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:length]):
+                longest = length
+                break
+    return longest
+
+
+class ReplyText:
+    """A reply's text as tokens arrive (the server's replies, `generate`'s printout): an
+    incomplete UTF-8 character and a possible start of a stop string are held back; the text
+    ends before the first stop string."""
+
+    def __init__(self, decode: Callable[[list[int]], str], stops: list[str]):
+        self.decode, self.stops = decode, stops
+        self.tokens: list[int] = []
+        self.text = ""  # what was released so far
+        self.stopped = False  # a stop string was met
+
+    def add(self, token: int) -> str:
+        """The new text `token` releases."""
+        self.tokens.append(token)
+        text = self.decode(self.tokens)
+        return "" if text.endswith("\ufffd") else self._release(text, final=False)
+
+    def finish(self) -> str:
+        """The text still held back, once generation has ended."""
+        return self._release(self.decode(self.tokens), final=True)
+
+    def _release(self, text: str, final: bool) -> str:
+        cuts = [index for index in (text.find(stop) for stop in self.stops) if index >= 0]
+        if cuts:
+            text, self.stopped = text[: min(cuts)], True
+        end = len(text) if final or self.stopped else len(text) - held_back_length(text, self.stops)
+        piece = text[len(self.text) : end]
+        self.text += piece
+        return piece
+
+
 class TextStreamer:
     """Prints decoded text as tokens arrive, holding back an incomplete UTF-8 character."""
 
     def __init__(self, decode: Callable[[list[int]], str], write: Callable[[str], None]):
-        self.decode, self.write = decode, write
-        self.tokens: list[int] = []
-        self.printed = 0
+        self.text, self.write = ReplyText(decode, []), write
 
     def __call__(self, row: int, token: int) -> None:
-        self.tokens.append(token)
-        text = self.decode(self.tokens)
-        if text.endswith("\ufffd"):
-            return
-        self.write(text[self.printed :])
-        self.printed = len(text)
+        self._print(self.text.add(token))
 
     def finish(self) -> None:
         """Print what was held back: at the end an incomplete character will not complete."""
-        text = self.decode(self.tokens)
-        if len(text) > self.printed:
-            self.write(text[self.printed :])
-            self.printed = len(text)
+        self._print(self.text.finish())
+
+    def _print(self, piece: str) -> None:
+        if piece:
+            self.write(piece)
 
 
 def read_messages(path: Path) -> list[dict[str, str]]:
