@@ -10,12 +10,21 @@ Each case runs in its own child process, so its peak resident memory is its own.
 2. applies LoRA with the training recipe (r 16, alpha 32, dropout 0.05, all linear layers) and
    the trainer's training layers (keyed dropout; gradient checkpointing if --grad-checkpoint);
 3. runs --steps optimizer steps on one example of --seq-len tokens whose last --supervised
-   tokens are supervised, with the trainer's own pieces: `train.batches.micro_batches` (the
+   tokens are supervised (or, with --default-step GIB, on the default command's step: see
+   below), with the trainer's own pieces: `train.batches.micro_batches` (the
    padding and packing of a step), `train.loss.weighted_loss` in `nn.value_and_grad`,
    compiled like the trainer, gradient clipping and `train.trainer.make_optimizer` (AdamW).
 Measured: MLX's peak allocated memory (`mx.get_peak_memory`, the number that matters for the
 GPU on Apple silicon), the process's peak RSS, the weights' memory, and the seconds each phase
-took. Slow on a CPU: the MLX CPU backend runs bf16 at a few GFLOP/s and 4-bit matmuls at well
+took.
+--default-step GIB measures what `mlx-plamo train --memory-limit GIB` runs by default: eight
+examples of the study's v2 length mix (`benchmarks.common.v2_length_mix_steps`, 50 steps),
+batched as `train.memory.Planner` plans them at the FULL depth (24 layers) for that budget
+(pass size, packing, checkpointing), and of all those steps' passes the one with the largest
+predicted peak. A step's passes run one after another and only the LoRA gradient sum carries
+over from one to the next (the plan counts it), so its largest pass sets its peak; running that
+pass alone keeps the case short enough for this CPU at 1-2 layers, for `--combine` to fit.
+Slow on a CPU: the MLX CPU backend runs bf16 at a few GFLOP/s and 4-bit matmuls at well
 under one, so --layers and --seq-len shrink a case to what fits; the table says what ran.
 """
 
@@ -49,17 +58,20 @@ from benchmarks.common import (
     real_config,
     reset_own_peak_rss,
     run_child,
+    v2_length_mix_steps,
     write_report,
 )
 from benchmarks.training import lora_training
+from mlx_plamo3.memory import GIB
 from mlx_plamo3.model import Model, ModelArgs
-from train.batches import Example, micro_batches, pass_shapes
+from train.batches import Example, MicroBatch, PassShape, micro_batches, pass_shapes
 from train.config import TrainConfig
 from train.memory import Planner
 
 NAME = "bench_memory"
 BASES = ("bf16", "4bit")
 Q_GROUP, Q_BITS = 64, 4
+PLAN_STEPS = 50  # steps of the length mix the default step's plan sees, as benchmarks.bench_plan
 
 
 def build_model(
@@ -101,15 +113,54 @@ def synthetic_example(seq_len: int, supervised: int, vocab: int, seed: int = 0):
     return Example(row=0, ids=ids, mask=mask)
 
 
+def default_step_pass(
+    config: dict[str, Any], base: str, budget_gib: float, full_depth: int
+) -> tuple[MicroBatch, PassShape, bool]:
+    """The default command's largest pass (module docstring), planned at `full_depth` layers
+    for a budget of `budget_gib`: the pass, its shape and whether it is checkpointed."""
+    from mlx_plamo3.lora import LoraConfig
+
+    steps = v2_length_mix_steps(PLAN_STEPS, vocab=config["vocab_size"])
+    full = ModelArgs.from_dict(
+        {**config, "num_hidden_layers": full_depth, "quantization": quantization_of(base)}
+    )
+    planner = Planner(full, "bfloat16", LoraConfig(), int(budget_gib * GIB), "")
+    defaults = TrainConfig()
+    plan = planner.plan(steps, defaults.max_length, defaults.pad_multiple, {})
+    layout = {
+        "pack_length": defaults.max_length,
+        "max_batch_tokens": plan.max_batch_tokens,
+        "pad_multiple": defaults.pad_multiple,
+        "packing": plan.packing,
+    }
+    passes = [
+        (planner.peak_bytes([shape], plan.grad_checkpoint), step, index, shape)
+        for step, examples in enumerate(steps)
+        for index, shape in enumerate(pass_shapes(examples, **layout))
+    ]
+    _, step, index, shape = max(passes, key=lambda p: p[0])
+    return micro_batches(steps[step], **layout)[index], shape, plan.grad_checkpoint
+
+
+def quantization_of(base: str) -> dict[str, int] | None:
+    return {"group_size": Q_GROUP, "bits": Q_BITS} if base == "4bit" else None
+
+
 def worker(args: argparse.Namespace) -> None:
     """One case, in this process; prints its measurements as a BENCH_RESULT line."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
     config = real_config(args.layers, args.shape)
-    cfg = TrainConfig(
-        grad_checkpoint=args.grad_checkpoint, compile=not args.no_compile, max_length=768
-    )
+    quantization = quantization_of(args.worker)
+    if args.default_step:
+        full_depth = real_config(shape=args.shape)["num_hidden_layers"]
+        batch, shape, grad_checkpoint = default_step_pass(
+            config, args.worker, args.default_step, full_depth
+        )
+    else:
+        grad_checkpoint = args.grad_checkpoint
+    cfg = TrainConfig(grad_checkpoint=grad_checkpoint, compile=not args.no_compile, max_length=768)
     started = time.perf_counter()
     model = build_model(config, args.worker)
     build_seconds = time.perf_counter() - started
@@ -118,14 +169,16 @@ def worker(args: argparse.Namespace) -> None:
     training = lora_training(model, cfg, args.steps)
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
 
-    example = synthetic_example(args.seq_len, args.supervised, config["vocab_size"])
-    layout = {
-        "pack_length": max(cfg.max_length, args.seq_len),
-        "max_batch_tokens": args.seq_len,
-        "pad_multiple": cfg.pad_multiple if args.seq_len >= cfg.pad_multiple else 1,
-    }
-    batches = micro_batches([example], **layout)
-    quantization = {"group_size": Q_GROUP, "bits": Q_BITS} if args.worker == "4bit" else None
+    if not args.default_step:
+        example = synthetic_example(args.seq_len, args.supervised, config["vocab_size"])
+        layout = {
+            "pack_length": max(cfg.max_length, args.seq_len),
+            "max_batch_tokens": args.seq_len,
+            "pad_multiple": cfg.pad_multiple if args.seq_len >= cfg.pad_multiple else 1,
+        }
+        (batch,) = micro_batches([example], **layout)
+        (shape,) = pass_shapes([example], **layout)
+    batches = [batch]
     planner = Planner(
         ModelArgs.from_dict({**config, "quantization": quantization}),
         "bfloat16",
@@ -133,7 +186,7 @@ def worker(args: argparse.Namespace) -> None:
         0,
         "",
     )
-    predicted = planner.peak_bytes(pass_shapes([example], **layout), cfg.grad_checkpoint)
+    predicted = planner.peak_bytes([shape], cfg.grad_checkpoint)
     mx.clear_cache()  # give building's freed buffers back, so RSS shows the steps
     rss_reset = reset_own_peak_rss()
     mx.reset_peak_memory()
@@ -149,8 +202,11 @@ def worker(args: argparse.Namespace) -> None:
             "base": args.worker,
             "layers": config["num_hidden_layers"],
             "seq_len": args.seq_len,
-            "row_width": int(batches[0].inputs.shape[1]),
-            "supervised": args.supervised,
+            "default_step_budget_gib": args.default_step,
+            "pass_rows": shape.rows,
+            "row_width": shape.width,
+            "pass_tokens": batch.n_tokens,
+            "supervised": batch.n_supervised,
             "params": param_count(config)["total"],
             "trainable": int(trainable),
             "build_seconds": build_seconds,
@@ -167,12 +223,24 @@ def worker(args: argparse.Namespace) -> None:
     )
 
 
+def pass_label(case: dict[str, Any]) -> str:
+    """How a table names a case's pass: one example of N tokens, or the default step's pass."""
+    if not case.get("default_step_budget_gib"):
+        return f"{case['seq_len']} tokens"
+    return (
+        f"default step at {case['default_step_budget_gib']:g} GiB: {case['pass_rows']} x "
+        f"{case['row_width']} ({case['pass_tokens']} tokens)"
+    )
+
+
 def fit_layers(cases: Sequence[dict[str, Any]], depth: int) -> list[dict[str, Any]]:
     """Per base and length: MLX peak as fixed + per-layer x layers, fitted (least squares) on the
     cases shallower than `depth`, predicted at `depth`, beside a case measured there if any."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for case in cases:
-        key = (case["base"], case["seq_len"], case.get("grad_checkpoint", False))
+        # The default step's pass is a shape of its own, apart from --seq-len's.
+        seq_len = case["seq_len"] if not case.get("default_step_budget_gib") else 0
+        key = (case["base"], seq_len, case.get("grad_checkpoint", False))
         groups.setdefault(key, []).append(case)
     fits = []
     for (base, seq_len, grad_checkpoint), group in sorted(groups.items()):
@@ -184,7 +252,8 @@ def fit_layers(cases: Sequence[dict[str, Any]], depth: int) -> list[dict[str, An
         fits.append(
             {
                 "base": base,
-                "seq_len": seq_len,
+                "seq_len": seq_len or group[0]["pass_tokens"],
+                "pass": pass_label(group[0]),
                 "grad_checkpoint": grad_checkpoint,
                 "fitted_on_layers": sorted({c["layers"] for c in shallow}),
                 "per_layer_bytes": slope,
@@ -205,7 +274,7 @@ def print_fits(fits: Sequence[dict[str, Any]]) -> None:
         rows.append(
             [
                 fit["base"],
-                fit["seq_len"],
+                fit["pass"],
                 ",".join(str(n) for n in fit["fitted_on_layers"]),
                 gib(fit["per_layer_bytes"]),
                 gib(fit["fixed_bytes"]),
@@ -218,7 +287,7 @@ def print_fits(fits: Sequence[dict[str, Any]]) -> None:
     print_table(
         [
             "base",
-            "seq",
+            "pass",
             "fitted on layers",
             "per layer GiB",
             "fixed GiB",
@@ -274,6 +343,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--supervised", type=int, default=48, help="supervised target tokens")
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per case")
     parser.add_argument("--grad-checkpoint", action="store_true", help="recompute activations")
+    parser.add_argument(
+        "--default-step",
+        type=float,
+        metavar="GIB",
+        help="measure the largest pass of the step `mlx-plamo train --memory-limit GIB` runs "
+        "by default, batched as planned at the full depth (replaces --seq-len, --supervised "
+        "and --grad-checkpoint; module docstring)",
+    )
     parser.add_argument("--no-compile", action="store_true", help="do not mx.compile the step")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per case")
     parser.add_argument(
@@ -316,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.grad_checkpoint:
             command.append("--grad-checkpoint")
+        if args.default_step:
+            command += ["--default-step", str(args.default_step)]
         if args.no_compile:
             command.append("--no-compile")
         print(f"running {base}: layers {layers}, seq {seq_len} ...", flush=True)
@@ -336,7 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             [
                 case["base"],
                 case["layers"],
-                case["seq_len"],
+                pass_label(case),
+                "on" if case["grad_checkpoint"] else "off",
                 f"{case['params'] / 1e9:.2f}B",
                 gib(case["weights_bytes"]),
                 gib(case["peak_bytes"]),
@@ -356,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         [
             "base",
             "layers",
-            "seq",
+            "pass",
+            "checkpointing",
             "params",
             "weights GiB",
             "MLX peak GiB",
@@ -372,8 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows,
         title=f"One LoRA training step, {'2B width' if args.shape == 'real' else 'small shape'}, "
         f"on {mlx_device()} ({blas_note()}; "
-        f"r 16, all linear, grad checkpoint {'on' if args.grad_checkpoint else 'off'}, "
-        f"compiled {'no' if args.no_compile else 'yes'})",
+        f"r 16, all linear, compiled {'no' if args.no_compile else 'yes'})",
     )
     write_report(
         args.out,
@@ -388,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "supervised": args.supervised,
             "steps": args.steps,
             "grad_checkpoint": args.grad_checkpoint,
+            "default_step": args.default_step,
             "compile": not args.no_compile,
             "device": mlx_device(),
             "blas": blas_note(),

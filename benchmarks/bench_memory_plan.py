@@ -83,6 +83,7 @@ def measure_step(
     grad_checkpoint: bool,
     max_batch_tokens: int = 4096,
     quantization: dict[str, int] | None = None,
+    supervised: int = SUPERVISED,
 ) -> tuple[int, int]:
     """(MLX's peak over building the model and two optimizer steps, less what was allocated
     before; the plan's prediction for the same passes), in bytes."""
@@ -96,7 +97,7 @@ def measure_step(
     examples = []
     for row, length in enumerate(lengths):
         ids = tuple(int(i) for i in rng.integers(4, config["vocab_size"], length + 1))
-        mask = tuple([False] * (length + 1 - SUPERVISED) + [True] * SUPERVISED)
+        mask = tuple([False] * (length + 1 - supervised) + [True] * supervised)
         examples.append(Example(row, ids, mask))
     layout = {"pack_length": 768, "max_batch_tokens": max_batch_tokens, "pad_multiple": 64}
     gc.collect()

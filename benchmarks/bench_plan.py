@@ -21,32 +21,23 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import add_common_args, print_table, real_config, write_report
+from benchmarks.common import (
+    add_common_args,
+    print_table,
+    real_config,
+    v2_length_mix_steps,
+    write_report,
+)
 from mlx_plamo3.lora import LoraConfig
 from mlx_plamo3.memory import GIB
 from mlx_plamo3.model import ModelArgs
-from train.batches import Example, PassShape
+from train.batches import PassShape
 from train.memory import Planner
 
 NAME = "bench_plan"
 MACS_GB = (16, 24, 36, 48)
 METAL_SHARE = 0.75
 QUANTIZATION = {"group_size": 64, "bits": 4}
-
-
-def synthetic_steps(n_steps: int, seed: int):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    steps = []
-    for step in range(n_steps):
-        examples = []
-        for slot, length in enumerate(rng.integers(300, 611, 8)):
-            supervised = int(rng.integers(30, 80))
-            mask = tuple([False] * (int(length) + 1 - supervised) + [True] * supervised)
-            examples.append(Example(step * 8 + slot, tuple(range(int(length) + 1)), mask))
-        steps.append(examples)
-    return steps
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the example lengths")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    steps = synthetic_steps(args.steps, args.seed)
+    steps = v2_length_mix_steps(args.steps, args.seed)
     bases = {"bf16": None, "4bit": QUANTIZATION}
 
     def planner(base: str, budget_gib: float) -> Planner:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_plamo3.io import atomic_write_json
+from train.batches import Example
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPORT_DIR = Path("artifacts") / "reports"
@@ -116,6 +117,32 @@ def real_config(layers: int | None = None, shape: str = "real", **overrides: Any
         config["num_hidden_layers"] = layers
     config.update(overrides)
     return config
+
+
+def v2_length_mix_steps(
+    n_steps: int, seed: int = 0, vocab: int | None = None
+) -> list[list[Example]]:
+    """Optimizer steps of eight examples of 300-610 tokens with 30-79 supervised targets
+    (seeded), the length mix of the study's v2 data. Ids are 0, 1, 2, ... unless `vocab` is
+    given, then random ids drawn apart from the lengths, so the lengths never depend on it."""
+    import numpy as np
+
+    lengths = np.random.default_rng(seed)
+    ids = np.random.default_rng(seed + 1)
+    steps = []
+    for step in range(n_steps):
+        examples = []
+        for slot, length in enumerate(lengths.integers(300, 611, 8)):
+            supervised = int(lengths.integers(30, 80))
+            mask = tuple([False] * (int(length) + 1 - supervised) + [True] * supervised)
+            tokens = (
+                tuple(range(int(length) + 1))
+                if vocab is None
+                else tuple(int(i) for i in ids.integers(4, vocab, int(length) + 1))
+            )
+            examples.append(Example(step * 8 + slot, tokens, mask))
+        steps.append(examples)
+    return steps
 
 
 def shape_label(config: dict[str, Any], shape: str) -> str:

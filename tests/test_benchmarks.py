@@ -242,6 +242,30 @@ def test_bench_memory_small(tmp_path: Path) -> None:
     assert cases["4bit"]["weights_bytes"] < cases["bf16"]["weights_bytes"] / 2
 
 
+def test_bench_memory_default_step_runs_the_planned_largest_pass(tmp_path: Path) -> None:
+    from benchmarks import bench_memory
+    from benchmarks.common import real_config
+
+    # At the real shape, planned for 24 layers (no weights are built for this): BENCHMARKS.md's
+    # table of the default command, a 24 GB Mac at --memory-limit 17.
+    config = real_config(2)
+    batch, shape, checkpointed = bench_memory.default_step_pass(config, "bf16", 17.0, 24)
+    assert shape.slots <= 1536 and not checkpointed
+    assert batch.inputs.shape == (shape.rows, shape.width) and batch.n_supervised > 0
+    _, shape, _ = bench_memory.default_step_pass(config, "4bit", 17.0, 24)
+    assert shape.slots <= 2048
+    _, shape, checkpointed = bench_memory.default_step_pass(config, "bf16", 8.0, 24)
+    assert checkpointed  # one 768-token example alone needs ~10 GiB without it
+
+    out = tmp_path / "memory.json"
+    argv = ["--shape", "small", "--bases", "bf16", "--layers", "2", "--default-step", "0.5"]
+    assert bench_memory.main([*argv, "--steps", "1", "--out", str(out)]) == 0
+    (case,) = read_report(out, "bench_memory")["results"]["cases"]
+    assert case["default_step_budget_gib"] == 0.5
+    assert case["pass_tokens"] <= case["pass_rows"] * case["row_width"]
+    assert case["peak_bytes"] > case["weights_bytes"] > 0
+
+
 def test_bench_memory_plan_and_bench_plan_run(tmp_path: Path) -> None:
     from benchmarks import bench_memory_plan, bench_plan
 

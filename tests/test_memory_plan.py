@@ -22,9 +22,9 @@ from train.memory import Batching, MemoryPlanError, Planner
 # Tolerance of the prediction, as a ratio predicted / measured. Where it comes from: the fitted
 # multipliers in train/memory.py reproduce the 16 calibration steps of
 # benchmarks/bench_memory_plan.py (widths 256-512, 1-3 layers, with and without checkpointing)
-# within -4%..+18% and the 2B-width steps of bench_memory within -3%..+1%; at these smaller test
-# shapes the fixed terms (compiled-graph buffers, rotary tables) weigh more, so the band is
-# wider. The plan must never be far below (a run that swaps) and may err high.
+# within -3%..+24% and the twelve 2B-width steps of bench_memory within -2%..+8%; at these
+# smaller test shapes the fixed terms (compiled-graph buffers, rotary tables) weigh more, so the
+# band is wider. The plan must never be far below (a run that swaps) and may err high.
 LOW, HIGH = 0.80, 1.45
 
 SHAPE = {
@@ -82,6 +82,19 @@ def test_plan_predicts_the_measured_peak(quantization, lengths, grad_checkpoint,
     )
     ratio = predicted / measured
     assert LOW <= ratio <= HIGH, (
+        f"predicted {predicted / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB"
+    )
+
+
+@pytest.mark.slow
+def test_plan_counts_the_output_head_of_an_answer_long_enough_to_matter():
+    # A long supervised answer over a larger vocabulary: the head's logits, their float32 copy,
+    # the softmax and the gradients are most of the peak here. The plan once counted 10 bytes a
+    # logit, and only the larger of the head and a layer's working set: it predicted 0.58 of
+    # this step's peak.
+    config = {**SHAPE, "vocab_size": 32768}
+    measured, predicted = measure_step(config, (700,), False, 4096, None, supervised=690)
+    assert LOW <= predicted / measured <= HIGH, (
         f"predicted {predicted / 2**20:.1f} MiB, measured {measured / 2**20:.1f} MiB"
     )
 

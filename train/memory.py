@@ -19,8 +19,9 @@ really produce (`train.batches.pass_shapes`). The prediction is
 The per-token counts (`mlx_plamo3.memory`) are element counts of the activation dtype, read
 off the layer's graph, and the multipliers `SAVED`, `TRANSIENT` and `CHECKPOINTED` were set from
 measured peaks of real steps on MLX's CPU backend (`python -m benchmarks.bench_memory_plan`, 16
-cases, table in BENCHMARKS.md: every prediction within -4%..+18%). On Metal the fused attention
-keeps less, so the plan should err high there. `tests/test_memory_plan.py` checks predictions
+cases, table in BENCHMARKS.md: every prediction within -3%..+24%; at the 2B width, twelve
+steps within -2%..+8%). On Metal the fused attention keeps less, so the plan should err high
+there. `tests/test_memory_plan.py` checks predictions
 against measured peaks at shapes the calibration did not use.
 
 The budget (`mlx_plamo3.memory.budget`) is what MLX may use on this device unless
@@ -55,6 +56,14 @@ SAVED = 1.2
 TRANSIENT = 0.7
 CHECKPOINTED = 2.0
 FIXED_BYTES = 16 * 2**20  # compiled-step bookkeeping, rotary tables, small temporaries
+# The output head on the scored rows: per logit, the logits in the base dtype plus float32
+# bytes for their float32 copy, the softmax of the cross-entropy, its gradient and the
+# gradient's cast. Measured at the 2B width (107,520-entry vocabulary; bench_memory, one row with
+# 48 and 600 supervised targets, the default step's 2 x 768 pass with 261): about 18 bytes a
+# logit in bf16, held beside a layer's backward working set when nothing is recomputed (the plan
+# counted 10 bytes and only the larger of the two, and under-predicted the 600-target row by
+# 36%).
+HEAD_FLOAT32_BYTES = 16
 
 # The share of the budget a plan may fill: the calibration's predictions ranged from 4% under
 # to 18% over the measured peak, and the rest of the process needs some room too.
@@ -90,10 +99,12 @@ def pass_bytes(args: ModelArgs, shape: PassShape, dtype: str, grad_checkpoint: b
     else:
         kept = layers * layer
     working = TRANSIENT * (tokens * transient_elements_per_token(args) + 3 * scores) * b
-    # Logits of the scored rows in the base dtype, their float32 copy and its gradient.
-    head = shape.scored * args.vocab_size * (b + 8)
+    head = shape.scored * args.vocab_size * (b + HEAD_FLOAT32_BYTES)
     masks = 2 * shape.rows * shape.width * shape.width * 5  # two kinds; bool + int32 temporaries
-    return int(kept + max(working, head) + masks)
+    # Without checkpointing the last layer's backward starts while the head's buffers are still
+    # held (measured at the 2B width); with it, the layers are recomputed after the head is done.
+    transient = max(working, head) if grad_checkpoint else working + head
+    return int(kept + transient + masks)
 
 
 # ---- the plan ---------------------------------------------------------------------------------
