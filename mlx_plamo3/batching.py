@@ -8,7 +8,8 @@ each row's own token positions). `step` picks one token per row, each with its o
 settings (max_new_tokens, temperature, top_p, seed) and optional `TokenConstraint`, hands it to
 the request's `on_token`, and runs the model once on the rows still going. A row leaves the batch
 (its cache rows are dropped) when it meets a stop token, reaches max_new_tokens, its `on_token`
-returns True or raises, or its `cancelled` event is set.
+returns True or raises, its constraint raises, or its `cancelled` event is set. A row's error
+ends that row alone; only an error of the model itself ends the whole batch.
 
 Greedy rows pick exactly what `generate` picks for them alone; a sampled row draws from its own
 key, split per step from `mx.random.key(seed)` as `generate` does for a batch of one.
@@ -26,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import mlx.core as mx
+import numpy as np
 
 from mlx_plamo3.generate import (
     SamplingConfig,
@@ -65,18 +67,29 @@ class Row:
         self.error: BaseException | None = None
         self.done = threading.Event()
 
+    def allowed(self) -> np.ndarray | None:
+        """The constraint's mask now; if the constraint raises, any token, and the error ends
+        the row when its token is taken."""
+        try:
+            return self.request.constraint.allowed() if self.request.constraint else None
+        except Exception as exc:  # raised again in the waiting thread
+            self.error = exc
+            return None
+
     def take(self, token: int, stop_ids: set[int]) -> bool:
         """Record the picked `token`; True when the row goes on."""
         request = self.request
-        if request.cancelled.is_set():
+        if self.error is not None:
+            self.finish_reason = ENDED_BY_CALLER
+        elif request.cancelled.is_set():
             self.finish_reason = CANCELLED
         elif token in stop_ids:
             self.finish_reason = STOP_TOKEN
         else:
             self.tokens.append(token)
-            if request.constraint is not None:
-                request.constraint.accept(token)
             try:
+                if request.constraint is not None:
+                    request.constraint.accept(token)
                 ended = request.on_token is not None and request.on_token(token)
             except Exception as exc:  # raised again in the waiting thread
                 self.error, ended = exc, True
@@ -109,8 +122,7 @@ class BatchDecoder:
 
     def pick(self) -> list[int]:
         """One token per row from its logits, with its own sampling settings and constraint."""
-        constraints = [row.request.constraint for row in self.rows]
-        logits = constrain_logits(self.logits, constraints, [False] * len(self.rows))
+        logits = constrain_logits(self.logits, self.rows, [False] * len(self.rows))
         greedy = pick_tokens(logits, SamplingConfig(temperature=0.0), None)
         sampled = {}
         for index, row in enumerate(self.rows):

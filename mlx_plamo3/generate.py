@@ -36,14 +36,18 @@ class SamplingConfig:
     seed: int = 0
 
 
-class TokenConstraint(Protocol):
-    """What a row's next token may be, following the tokens it has produced.
-
-    `allowed()`: a numpy bool array over token ids (True = may be picked), or None when any token
-    may; ids beyond its length are disallowed. It must allow at least one token. `accept(token)`
-    is called with each token the row keeps (never with the stop token that ends it)."""
+class AllowedTokens(Protocol):
+    """What a row's next token may be: `allowed()` is a numpy bool array over token ids (True =
+    may be picked), or None when any token may; ids beyond its length are disallowed. It must
+    allow at least one token."""
 
     def allowed(self) -> np.ndarray | None: ...
+
+
+class TokenConstraint(AllowedTokens, Protocol):
+    """What a row's next token may be, following the tokens it has produced: `allowed()` as in
+    `AllowedTokens`, and `accept(token)` called with each token the row keeps (never with the
+    stop token that ends it)."""
 
     def accept(self, token: int) -> None: ...
 
@@ -98,7 +102,7 @@ def pick_tokens(logits: mx.array, sampling: SamplingConfig, key: mx.array | None
 
 
 def constrain_logits(
-    logits: mx.array, constraints: Sequence[TokenConstraint | None], done: Sequence[bool]
+    logits: mx.array, constraints: Sequence[AllowedTokens | None], done: Sequence[bool]
 ) -> mx.array:
     """`logits` [batch, vocab] with what each live row's constraint disallows sent to -inf; rows
     without a constraint (or whose constraint allows anything now) are left as they are."""

@@ -127,6 +127,54 @@ def test_a_constraint_restricts_only_its_own_row(model):
     assert rows[1].tokens == free
 
 
+class FailsAt(OnlyTokens):
+    """Allows every token until its `when`-th call of `method`, which raises."""
+
+    def __init__(self, vocab: int, method: str, when: int):
+        super().__init__(vocab, list(range(vocab)))
+        self.method, self.when, self.calls = method, when, 0
+
+    def _count(self, method: str) -> None:
+        if method == self.method:
+            self.calls += 1
+            if self.calls == self.when:
+                raise RuntimeError(f"grammar broke in {method}")
+
+    def allowed(self):
+        self._count("allowed")
+        return super().allowed()
+
+    def accept(self, token: int) -> None:
+        self._count("accept")
+        super().accept(token)
+
+
+@pytest.mark.parametrize("method", ["allowed", "accept"])
+def test_a_failing_constraint_ends_its_own_row_only(model, method):
+    vocab = model.args.vocab_size
+    prompts = random_prompts(vocab, [7, 9, 12], seed=8)
+    greedy = SamplingConfig(max_new_tokens=8)
+    expected = [alone(model, prompt, greedy) for prompt in prompts]
+    rows = [
+        Row(DecodeRequest(prompts[0], greedy)),
+        Row(DecodeRequest(prompts[1], greedy, constraint=FailsAt(vocab, method, 3))),
+        Row(DecodeRequest(prompts[2], greedy)),
+    ]
+    decoder = BatchDecoder(model, stop_ids=set())
+    run_staggered(decoder, {0: rows})
+    assert [rows[0].tokens, rows[2].tokens] == [expected[0], expected[2]]
+    assert rows[0].error is None and rows[2].error is None
+    assert isinstance(rows[1].error, RuntimeError) and "grammar broke" in str(rows[1].error)
+    # Tokens up to the failure are the row's own: an all-allowing constraint changes nothing.
+    assert rows[1].tokens == expected[1][: len(rows[1].tokens)] and len(rows[1].tokens) < 8
+
+    loop = DecodeLoop(model, stop_ids=set(), max_batch=4)
+    with pytest.raises(RuntimeError, match="grammar broke"):
+        loop.generate(DecodeRequest(prompts[1], greedy, constraint=FailsAt(vocab, method, 2)))
+    assert loop.generate(DecodeRequest(prompts[0], greedy)) == expected[0]
+    loop.close()
+
+
 def test_the_loop_serves_threads_together_and_reports_their_errors(model):
     prompts = random_prompts(model.args.vocab_size, [6, 9, 14, 5, 20], seed=4)
     settings = [SamplingConfig(max_new_tokens=4 + 3 * i) for i in range(len(prompts))]
