@@ -62,6 +62,7 @@ from benchmarks.common import (
     write_report,
 )
 from benchmarks.training import lora_training
+from mlx_plamo3.lora import LoraConfig
 from mlx_plamo3.memory import GIB
 from mlx_plamo3.model import Model, ModelArgs
 from train.batches import Example, MicroBatch, PassShape, micro_batches, pass_shapes
@@ -118,8 +119,6 @@ def default_step_pass(
 ) -> tuple[MicroBatch, PassShape, bool]:
     """The default command's largest pass (module docstring), planned at `full_depth` layers
     for a budget of `budget_gib`: the pass, its shape and whether it is checkpointed."""
-    from mlx_plamo3.lora import LoraConfig
-
     steps = v2_length_mix_steps(PLAN_STEPS, vocab=config["vocab_size"])
     full = ModelArgs.from_dict(
         {**config, "num_hidden_layers": full_depth, "quantization": quantization_of(base)}
