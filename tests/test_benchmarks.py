@@ -385,6 +385,18 @@ def test_memory_fit_predicts_the_full_depth_from_shallow_cases(tmp_path: Path) -
     assert fits["4bit"]["predicted_peak_bytes"] == pytest.approx(12.5 * gib)
     assert fits["4bit"]["measured_peak_bytes"] is None
 
+    # The default step's pass is fitted on its own, never mixed with --seq-len cases of the
+    # same nominal length.
+    pass_fields = {"default_step_budget_gib": 17.0, "pass_rows": 3, "row_width": 512}
+    default = [
+        case("bf16", n, (1.0 + 0.5 * n) * gib) | pass_fields | {"pass_tokens": 1446} for n in (1, 2)
+    ]
+    fits = bench_memory.fit_layers(cases + default, depth=24)
+    by_pass = {(f["base"], f["pass"]): f for f in fits}
+    assert by_pass[("bf16", "768 tokens")]["per_layer_bytes"] == pytest.approx(0.25 * gib)
+    step = by_pass[("bf16", "default step at 17 GiB: 3 x 512 (1446 tokens)")]
+    assert step["predicted_peak_bytes"] == pytest.approx(13.0 * gib)
+
     report = tmp_path / "a.json"
     report.write_text(json.dumps({"results": {"cases": cases}}))
     out = tmp_path / "fit.json"
