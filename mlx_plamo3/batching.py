@@ -71,7 +71,8 @@ class Row:
         """The constraint's mask now; if the constraint raises, any token, and the error ends
         the row when its token is taken."""
         try:
-            return self.request.constraint.allowed() if self.request.constraint else None
+            constraint = self.request.constraint
+            return None if constraint is None else constraint.allowed()
         except Exception as exc:  # raised again in the waiting thread
             self.error = exc
             return None
