@@ -1,8 +1,8 @@
 """The tool-calling eval: batched with prefix reuse vs one question at a time.
 
 Run from the repository root:
-    python -m benchmarks.bench_eval [--repeats 3] [--model DIR] [--batch-size 8]
-    python -m benchmarks.bench_eval --suite bfcl [--per-category 20] [--batch-size 16]
+    python -m benchmarks.bench_eval [--repeats 3] [--model DIR] [--batch-size 32]
+    python -m benchmarks.bench_eval --suite bfcl [--per-category 20] [--batch-size 32]
 
 With --suite bfcl the rows are BFCL v4's (`eval.bfcl`, every category, the first N questions of
 each with --per-category); otherwise the frozen 52 below.
@@ -16,7 +16,7 @@ or HF-layout PLaMo 3 directory). A random model rarely emits its stop token, so 
 question decodes all 160 new tokens: the worst case for both competitors.
 
 Competitors, in one process on the same model and rows, rotating which goes first:
-- batched: `eval.harness.run_eval(..., batch_size=8, share_prefix=True)` (prompts sorted so
+- batched: `eval.harness.run_eval(..., batch_size=32, share_prefix=True)` (prompts sorted so
   that questions with the same tool list share a batch; their common prefix is run once).
 - sequential: `run_eval(..., batch_size=1, share_prefix=False)`, one question at a time with
   no reuse, as the study's eval loop ran.
@@ -29,7 +29,10 @@ model of the 2B width and vocabulary (benchmarks/common.py) at each depth, in --
 tokenized by the tiny vocabulary (longer than the real one would make them: prefill, the part
 batching cannot shrink, is overstated). Predictions are compared as token ids; seconds are
 fitted over depth and predicted at --fit-depth (24, the real model's), since full-depth decoding
-one question at a time is slow on a CPU.
+one question at a time is slow on a CPU. With --sequential-sample K, one-at-a-time generation
+runs on K of the questions, spread evenly over the set (a question's cost alone does not depend on
+the others), both modes are compared in seconds per question, and the predictions are compared
+on those K.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from benchmarks.common import (
 )
 from convert.tiny import write_tiny_checkpoint
 from eval.bfcl import SUITE, case_row, load_cases
-from eval.harness import SUITES, prompt_messages, run_eval
+from eval.harness import EVAL_BATCH_SIZE, SUITES, prompt_messages, run_eval
 from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
 from mlx_plamo3.loading import DTYPES, load
 
@@ -104,7 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-file", type=Path, help="an eval.jsonl to use instead of building")
     parser.add_argument("--source", type=Path, default=SAMPLE_SOURCE, help="glaive rows to build")
     parser.add_argument(
-        "--batch-size", type=int, default=8, help="questions per batch in the batched modes"
+        "--batch-size",
+        type=int,
+        default=EVAL_BATCH_SIZE,
+        help=f"questions per batch in the batched modes [{EVAL_BATCH_SIZE}, the eval's]",
     )
     parser.add_argument(
         "--max-new-tokens", type=int, default=160, help="greedy tokens per answer at most"
@@ -131,7 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--fit-depth", type=int, default=24, help="with --layers: the depth to predict [24]"
     )
+    parser.add_argument(
+        "--sequential-sample",
+        type=int,
+        help="with --layers: time one-at-a-time generation on this many questions, spread evenly "
+        "over the set, and compare seconds per question [all]",
+    )
     args = parser.parse_args(argv)
+    if args.sequential_sample is not None and args.sequential_sample < 1:
+        parser.error("--sequential-sample must be at least 1")
     started = time.perf_counter()
 
     with WorkDir(args.work_dir, "bench_eval_") as work:
@@ -261,6 +275,14 @@ def run_settings(args: argparse.Namespace, rows_source: str) -> dict[str, Any]:
     }
 
 
+def spread_sample(total: int, count: int | None) -> list[int]:
+    """`count` of the indices 0..total-1, spread evenly (the middle of each of `count` equal
+    slices); all of them when `count` is None or not smaller than `total`."""
+    if count is None or count >= total:
+        return list(range(total))
+    return [(2 * i + 1) * total // (2 * count) for i in range(count)]
+
+
 def user_width(
     args: argparse.Namespace,
     depths: list[int],
@@ -284,7 +306,14 @@ def user_width(
         sampling = SamplingConfig(max_new_tokens=new_tokens)
         return generate(model, chosen, stop_ids, sampling, pad_id=pad_id, **modes[name])
 
+    sample = spread_sample(len(prompts), args.sequential_sample)
+    questions = {
+        "batched + prefix reuse": list(range(len(prompts))),
+        "sequential, no reuse": sample,
+    }
     print(f"{len(prompts)} prompts of {min(map(len, prompts))}-{max(map(len, prompts))} tokens")
+    if len(sample) < len(prompts):
+        print(f"one at a time on {len(sample)} of them: questions {sample}")
     per_depth: dict[int, dict[str, Any]] = {}
     table = []
     for depth in depths:
@@ -292,28 +321,37 @@ def user_width(
         model, _ = build_models(config, DTYPES[args.dtype], with_mlx_lm=False)
         for name in modes:  # warm-up, untimed
             run(model, name, prompts[:2], 4)
+        # Seconds per question, and each mode's predictions by question index.
         seconds: dict[str, list[float]] = {name: [] for name in modes}
-        outputs: dict[str, list[list[list[int]]]] = {name: [] for name in modes}
+        outputs: dict[str, list[dict[int, list[int]]]] = {name: [] for name in modes}
         for repeat in range(args.repeats):
             names = list(modes)[repeat % 2 :] + list(modes)[: repeat % 2]
             for name in names:
+                chosen = questions[name]
                 start = time.perf_counter()
-                outputs[name].append(run(model, name, prompts, args.max_new_tokens))
-                seconds[name].append(time.perf_counter() - start)
-                print(f"{depth} layers, repeat {repeat}, {name}: {seconds[name][-1]:.1f} s")
+                predicted = run(model, name, [prompts[i] for i in chosen], args.max_new_tokens)
+                seconds[name].append((time.perf_counter() - start) / len(chosen))
+                outputs[name].append(dict(zip(chosen, predicted, strict=True)))
+                print(
+                    f"{depth} layers, repeat {repeat}, {name}: {seconds[name][-1]:.2f} s/question"
+                )
         reference = outputs["batched + prefix reuse"][0]
-        differing = [
-            i
-            for i in range(len(prompts))
-            if any(o[i] != reference[i] for runs in outputs.values() for o in runs)
-        ]
-        new_tokens = sum(map(len, reference))
+        differing = sorted(
+            {
+                i
+                for runs in outputs.values()
+                for o in runs
+                for i, ids in o.items()
+                if ids != reference[i]
+            }
+        )
+        tokens_per_question = sum(map(len, reference.values())) / len(prompts)
         batched = median(seconds["batched + prefix reuse"])
         sequential = median(seconds["sequential, no reuse"])
         per_depth[depth] = {
-            "seconds": {name: summary(values) for name, values in seconds.items()},
+            "seconds_per_question": {name: summary(values) for name, values in seconds.items()},
             "speedup_batched_vs_sequential": ratio(sequential, batched),
-            "generated_tokens": new_tokens,
+            "generated_tokens_per_question": tokens_per_question,
             "differing_questions": differing,
         }
         table.append(
@@ -322,7 +360,7 @@ def user_width(
                 sequential,
                 batched,
                 ratio(sequential, batched),
-                new_tokens / batched,
+                tokens_per_question / batched,
                 "yes" if not differing else f"NO ({len(differing)})",
             ]
         )
@@ -330,33 +368,39 @@ def user_width(
     fit = None
     if len(depths) > 1:
         fixed_b, per_layer_b = fit_over_depth(
-            {d: r["seconds"]["batched + prefix reuse"]["median"] for d, r in per_depth.items()}
+            {
+                d: r["seconds_per_question"]["batched + prefix reuse"]["median"]
+                for d, r in per_depth.items()
+            }
         )
         fixed_s, per_layer_s = fit_over_depth(
-            {d: r["seconds"]["sequential, no reuse"]["median"] for d, r in per_depth.items()}
+            {
+                d: r["seconds_per_question"]["sequential, no reuse"]["median"]
+                for d, r in per_depth.items()
+            }
         )
         batched = fixed_b + per_layer_b * args.fit_depth
         sequential = fixed_s + per_layer_s * args.fit_depth
         fit = {
             "depth": args.fit_depth,
-            "batched_seconds": batched,
-            "sequential_seconds": sequential,
+            "batched_seconds_per_question": batched,
+            "sequential_seconds_per_question": sequential,
             "speedup_batched_vs_sequential": ratio(sequential, batched),
         }
-        new_tokens = per_depth[depths[-1]]["generated_tokens"]
+        tokens_per_question = per_depth[depths[-1]]["generated_tokens_per_question"]
         table.append(
             [
                 f"fitted at {args.fit_depth} layers",
                 sequential,
                 batched,
                 ratio(sequential, batched),
-                new_tokens / batched,
+                tokens_per_question / batched,
                 "",
             ]
         )
     print()
     print_table(
-        ["model", "sequential s", "batched s", "speed-up", "≈ new tok/s batched", "identical"],
+        ["model", "sequential s/q", "batched s/q", "speed-up", "≈ new tok/s batched", "identical"],
         table,
         title=f"{len(prompts)} {args.suite} questions, {args.max_new_tokens} new tokens max, "
         f"batch {args.batch_size}, {args.dtype}, on {mlx_device()} ({blas_note()})",
@@ -373,11 +417,13 @@ def user_width(
             "depths": per_depth,
             "fit": fit,
             "modes": modes,
+            "sequential_questions": sample,
             "predictions_identical": identical,
         },
         [
             "prompts are tokenized by the tiny vocabulary; generation runs the real vocabulary",
             "the same model object serves both modes at a depth; modes alternate order per repeat",
+            "seconds are per question; one at a time runs on sequential_questions only",
         ],
         started,
     )

@@ -18,7 +18,7 @@ from data.call_format import CALL_FORMAT_KEY, DEFAULT_CALL_FORMAT, recorded_call
 from eval.bfcl import BFCL_DIR, CATEGORIES, case_row, is_bfcl_row, load_cases, seen_in_training
 from eval.bfcl_scoring import format_bfcl, summarize_bfcl
 from eval.compare import compare_rows, format_comparison
-from eval.harness import CONDITIONS, STUDY_MAX_NEW_TOKENS, SUITES, run_eval
+from eval.harness import CONDITIONS, EVAL_BATCH_SIZE, STUDY_MAX_NEW_TOKENS, SUITES, run_eval
 from eval.metric_keys import DEFAULT_EXPERIMENT
 from eval.records import load_records, write_records
 from eval.report import DEFAULT_TITLE, build_report
@@ -250,7 +250,7 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=8,
+    default=EVAL_BATCH_SIZE,
     show_default=True,
     help="Prompts generated together (lowered when the memory budget needs it).",
 )

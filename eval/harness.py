@@ -25,6 +25,10 @@ SUITES = ("frozen", SUITE)
 SUITE_ROW_KEYS = ("suite", "category", "id", "functions", "ground_truth")
 # The study's decoding budget per answer (greedy).
 STUDY_MAX_NEW_TOKENS = 160
+# Questions generated together unless the memory plan lowers it. Decode batches well and prefill
+# does not: at the 2B width over BFCL, 32 gave 7.3x the one-at-a-time throughput with 160-token
+# answers and 2.7x with 32-token ones (BENCHMARKS.md, "The BFCL suite").
+EVAL_BATCH_SIZE = 32
 TURN_END = "<|plamo:tag|>"
 
 # The study's 2-shot turns, inserted after the system message for `base-fewshot`.
@@ -68,7 +72,7 @@ def run_eval(
     condition: str,
     fewshot: bool = False,
     limit: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = EVAL_BATCH_SIZE,
     max_new_tokens: int = STUDY_MAX_NEW_TOKENS,
     share_prefix: bool = True,
     progress: Callable[[int], None] | None = None,

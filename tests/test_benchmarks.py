@@ -319,7 +319,23 @@ def test_bench_eval_at_the_user_width_fits_over_depth(tmp_path: Path) -> None:
     results = read_report(out, "bench_eval")["results"]
     assert results["predictions_identical"]
     assert set(results["depths"]) == {"1", "2"}
-    assert results["fit"]["depth"] == 24 and results["fit"]["batched_seconds"] > 0
+    assert results["fit"]["depth"] == 24 and results["fit"]["batched_seconds_per_question"] > 0
+    assert results["sequential_questions"] == list(range(7))  # one question per category
+
+
+def test_bench_eval_at_the_user_width_times_one_at_a_time_on_a_sample(tmp_path: Path) -> None:
+    from benchmarks import bench_eval
+
+    out = tmp_path / "eval_sample.json"
+    argv = ["--suite", "bfcl", "--per-category", "2", "--layers", "1", "--shape", "small"]
+    argv += ["--max-new-tokens", "3", "--repeats", "1", "--sequential-sample", "3"]
+    assert bench_eval.main([*argv, "--out", str(out)]) == 0
+    results = read_report(out, "bench_eval")["results"]
+    # 14 questions in category order; the 3 one-at-a-time ones come from across the set.
+    assert results["sequential_questions"] == [2, 7, 11]
+    assert results["predictions_identical"]
+    with pytest.raises(SystemExit):
+        bench_eval.main([*argv[:-1], "0"])
 
 
 def test_bench_export_small(tmp_path: Path) -> None:
