@@ -68,7 +68,13 @@ from benchmarks.common import (
 )
 from convert.tiny import write_tiny_checkpoint
 from eval.bfcl import SUITE, case_row, load_cases
-from eval.harness import EVAL_BATCH_SIZE, SUITES, prompt_messages, run_eval
+from eval.harness import (
+    EVAL_BATCH_SIZE,
+    STUDY_MAX_NEW_TOKENS,
+    SUITES,
+    prompt_messages,
+    run_eval,
+)
 from mlx_plamo3.generate import SamplingConfig, generate, stop_token_ids
 from mlx_plamo3.loading import DTYPES, load
 
@@ -113,7 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"questions per batch in the batched modes [{EVAL_BATCH_SIZE}, the eval's]",
     )
     parser.add_argument(
-        "--max-new-tokens", type=int, default=160, help="greedy tokens per answer at most"
+        "--max-new-tokens",
+        type=int,
+        default=STUDY_MAX_NEW_TOKENS,
+        help=f"greedy tokens per answer at most [{STUDY_MAX_NEW_TOKENS}, the eval's]",
     )
     parser.add_argument("--fewshot", action="store_true", help="the study's 2-shot prompt")
     parser.add_argument(
