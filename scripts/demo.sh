@@ -12,6 +12,20 @@ export HF_HUB_OFFLINE=1
 W=$MLX_PLAMO_HOME
 started=$(date +%s)
 
+# MLX's Linux CPU wheel ships the netlib reference BLAS (~5 GFLOP/s). Where the system has
+# OpenBLAS (Debian/Ubuntu: apt install libopenblas0-pthread), it is preloaded for the demo's
+# matrix products: same results to float32 rounding, the whole demo about twice as fast.
+# Apple silicon runs MLX on Metal and never takes this branch.
+if [[ "$(uname -s)" == Linux && -z "${LD_PRELOAD:-}" ]]; then
+  for blas in /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 /usr/lib64/libopenblas.so.0; do
+    if [[ -e "$blas" ]]; then
+      export LD_PRELOAD=$blas
+      echo "MLX's CPU matrix products use OpenBLAS: LD_PRELOAD=$blas"
+      break
+    fi
+  done
+fi
+
 banner() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 run() { printf '\033[36m$ %s\033[0m\n' "$*"; "$@"; }
 
