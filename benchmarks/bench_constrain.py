@@ -214,7 +214,7 @@ def mask_costs(tokenizer: Plamo3Tokenizer, rows, vocab: int) -> dict[str, Any]:
     for step in range(50):
         picked = [seen_masks[(step + row) % len(seen_masks)] for row in range(LOGIT_BATCH)]
         start = time.perf_counter()
-        mx.eval(constrain_logits(logits, list(map(FixedMask, picked)), [False] * LOGIT_BATCH))
+        mx.eval(constrain_logits(logits, list(map(FixedMask, picked))))
         masking_us.append((time.perf_counter() - start) * 1e6)
     return {
         "vocab_size": vocab,

@@ -74,9 +74,15 @@ from data.call_format import DEFAULT_CALL_FORMAT, recorded_call_format, render_c
 from data.prompt import build_system_prompt, render_tools
 from eval.constrain import AUTO, NONE, tool_call_constraint
 from eval.harness import TURN_END
-from mlx_plamo3.batching import DecodeLoop, DecodeRequest
+from mlx_plamo3.batching import DecodeLoop
 from mlx_plamo3.errors import USER_ERRORS
-from mlx_plamo3.generate import ReplyText, SamplingConfig, TokenConstraint, stop_token_ids
+from mlx_plamo3.generate import (
+    DecodeRequest,
+    ReplyText,
+    SamplingConfig,
+    TokenConstraint,
+    stop_token_ids,
+)
 from mlx_plamo3.loading import is_hub_id, load
 from mlx_plamo3.lora import load_adapter, read_adapter_config
 from mlx_plamo3.messages import next_step

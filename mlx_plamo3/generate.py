@@ -9,14 +9,27 @@ Constrained decoding: a row may carry a `TokenConstraint` (a grammar's state, sa
 pick its `allowed()` mask sends every disallowed logit to -inf, and every token the row keeps is
 passed to its `accept`. This module knows only that protocol, no grammar library. Rows without a
 constraint, and runs without any, pick exactly the tokens they pick unconstrained.
+
+`BatchDecoder` is the one decode loop, used by `generate` here and by the server's continuous
+batching (`mlx_plamo3.batching`). It holds the running rows, their shared KV cache and each
+row's next-token logits. `admit` prefills new requests together and joins their cache to the
+running one: the shorter side is left-padded with invalid key slots, which the masks never let a
+query see. `step` picks one token per row, each with its own sampling settings (max_new_tokens,
+temperature, top_p, seed) and optional `TokenConstraint`, hands it to the request's `on_token`,
+and runs the model once on the rows still going. A row leaves the batch (its cache rows are
+dropped) when it meets a stop token, reaches max_new_tokens, its `on_token` returns True or
+raises, its constraint raises, or its `cancelled` event is set. Greedy rows pick exactly what
+they pick alone; a sampled row draws from its own key, split per step from
+`mx.random.key(seed)`, so it too samples what it samples alone, whatever else is in the batch.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -101,15 +114,10 @@ def pick_tokens(logits: mx.array, sampling: SamplingConfig, key: mx.array | None
     return mx.random.categorical(logits, key=key)
 
 
-def constrain_logits(
-    logits: mx.array, constraints: Sequence[AllowedTokens | None], done: Sequence[bool]
-) -> mx.array:
-    """`logits` [batch, vocab] with what each live row's constraint disallows sent to -inf; rows
+def constrain_logits(logits: mx.array, constraints: Sequence[AllowedTokens | None]) -> mx.array:
+    """`logits` [batch, vocab] with what each row's constraint disallows sent to -inf; rows
     without a constraint (or whose constraint allows anything now) are left as they are."""
-    masks = [
-        None if constraint is None or finished else constraint.allowed()
-        for constraint, finished in zip(constraints, done, strict=True)
-    ]
+    masks = [None if constraint is None else constraint.allowed() for constraint in constraints]
     if all(mask is None for mask in masks):
         return logits
     vocab = logits.shape[-1]
@@ -120,6 +128,142 @@ def constrain_logits(
             keep[row, :width] = mask[:width]
             keep[row, width:] = False
     return mx.where(mx.array(keep), logits, mx.array(-mx.inf, dtype=logits.dtype))
+
+
+# Why a row left the batch.
+STOP_TOKEN, LENGTH, ENDED_BY_CALLER, CANCELLED = "stop", "length", "ended", "cancelled"
+
+
+@dataclass
+class DecodeRequest:
+    """One prompt to continue. `on_token(token)` gets each new token as it is picked (stop tokens
+    excluded) and may return True to end the row there; an exception it raises ends the row and
+    is raised again to whoever waits for it. Setting `cancelled` ends the row at the next step."""
+
+    prompt_ids: list[int]
+    sampling: SamplingConfig
+    on_token: Callable[[int], bool | None] | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    constraint: TokenConstraint | None = None
+
+
+class Row:
+    """A request inside the decoder: its tokens so far and how it ended."""
+
+    def __init__(self, request: DecodeRequest):
+        self.request = request
+        self.tokens: list[int] = []
+        sampled = request.sampling.temperature > 0
+        self.key = mx.random.key(request.sampling.seed) if sampled else None
+        self.finish_reason: str | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def allowed(self) -> np.ndarray | None:
+        """The constraint's mask now; if the constraint raises, any token, and the error ends
+        the row when its token is taken."""
+        try:
+            constraint = self.request.constraint
+            return None if constraint is None else constraint.allowed()
+        except Exception as exc:  # raised again in the waiting thread
+            self.error = exc
+            return None
+
+    def take(self, token: int, stop_ids: set[int]) -> bool:
+        """Record the picked `token`; True when the row goes on."""
+        request = self.request
+        if self.error is not None:
+            self.finish_reason = ENDED_BY_CALLER
+        elif request.cancelled.is_set():
+            self.finish_reason = CANCELLED
+        elif token in stop_ids:
+            self.finish_reason = STOP_TOKEN
+        else:
+            self.tokens.append(token)
+            try:
+                if request.constraint is not None:
+                    request.constraint.accept(token)
+                ended = request.on_token is not None and request.on_token(token)
+            except Exception as exc:  # raised again in the waiting thread
+                self.error, ended = exc, True
+            if ended:
+                self.finish_reason = ENDED_BY_CALLER
+            elif len(self.tokens) >= request.sampling.max_new_tokens:
+                self.finish_reason = LENGTH
+        return self.finish_reason is None
+
+
+class BatchDecoder:
+    """The running batch; see the module docstring. Not thread-safe: one thread drives it."""
+
+    def __init__(self, model: Model, stop_ids: set[int], pad_id: int = 0):
+        self.model, self.stop_ids, self.pad_id = model, stop_ids, pad_id
+        self.rows: list[Row] = []
+        self.cache: Plamo3Cache | None = None
+        self.logits: mx.array | None = None  # [rows, vocab]: each row's next-token logits
+
+    def admit(
+        self,
+        rows: Sequence[Row],
+        prefix_cache: Plamo3Cache | None = None,
+        prefix_length: int = 0,
+    ) -> None:
+        """Prefill the requests of `rows` together and add the rows to the batch; `prefix_cache`
+        (batch 1) holds the first `prefix_length` tokens all of their prompts share."""
+        prompts = [r.request.prompt_ids for r in rows]
+        cache, logits = prefill(self.model, prompts, self.pad_id, prefix_cache, prefix_length)
+        if self.cache is None:
+            self.cache, self.logits = cache, logits
+        else:
+            self.cache = Plamo3Cache.stack([self.cache, cache])
+            self.logits = mx.concatenate([self.logits, logits])
+        mx.eval(self.logits)
+        self.rows += rows
+
+    def pick(self) -> list[int]:
+        """One token per row from its logits, with its own sampling settings and constraint."""
+        logits = constrain_logits(self.logits, self.rows)
+        greedy = pick_tokens(logits, SamplingConfig(temperature=0.0), None)
+        sampled = {}
+        for index, row in enumerate(self.rows):
+            if row.key is not None:
+                row.key, subkey = mx.random.split(row.key)
+                sampled[index] = pick_tokens(
+                    logits[index : index + 1], row.request.sampling, subkey
+                )
+        mx.eval(greedy, *sampled.values())
+        tokens = greedy.tolist()
+        for index, token in sampled.items():
+            tokens[index] = token.item()
+        return tokens
+
+    def step(self) -> list[Row]:
+        """Decode one token for every row; the rows that finished, now out of the batch."""
+        tokens = self.pick()
+        going = [
+            index
+            for index, (row, token) in enumerate(zip(self.rows, tokens, strict=True))
+            if row.take(token, self.stop_ids)
+        ]
+        finished = [row for row in self.rows if row.finish_reason is not None]
+        if not going:
+            self.rows, self.cache, self.logits = [], None, None
+            return finished
+        if len(going) < len(self.rows):
+            self.cache = self.cache.rows(going)
+        self.rows = [self.rows[i] for i in going]
+        inputs = mx.array([[tokens[i]] for i in going], dtype=mx.int32)
+        self.logits = self.model(inputs, cache=self.cache)[:, -1, :]
+        mx.eval(self.logits)
+        return finished
+
+    def fail(self, error: BaseException) -> list[Row]:
+        """End every row with `error` (the model raised); the batch is empty afterwards."""
+        rows = self.rows
+        for row in rows:
+            row.error = error
+        self.rows, self.cache, self.logits = [], None, None
+        return rows
 
 
 def generate_batch(
@@ -133,44 +277,45 @@ def generate_batch(
     on_token: Callable[[int, int], None] | None = None,
     constraints: Sequence[TokenConstraint | None] | None = None,
 ) -> list[list[int]]:
-    """New tokens for each prompt (stop token excluded). `prefix_cache` holds the first
-    `prefix_length` tokens shared by all prompts; only the rest of each prompt is run here.
-    `constraints`, one per prompt (None for a free row), restrict what each row may pick."""
+    """New tokens for each prompt (stop token excluded), decoded together by a `BatchDecoder`.
+    `prefix_cache` holds the first `prefix_length` tokens shared by all prompts; only the rest of
+    each prompt is run here. `on_token(row, token)` sees each kept token; `constraints`, one per
+    prompt (None for a free row), restrict what each row may pick. What an `on_token` or a
+    constraint raises is raised here once its row has left the batch."""
     batch = len(prompts)
     if constraints is not None and len(constraints) != batch:
         raise ValueError(f"{len(constraints)} constraints for {batch} prompts")
-    if prefix_cache is None:
-        prefix_length = 0
-    cache, logits = prefill(model, prompts, pad_id, prefix_cache, prefix_length)
-    key = mx.random.key(sampling.seed) if sampling.temperature > 0 else None
-    outputs: list[list[int]] = [[] for _ in range(batch)]
-    done = [False] * batch
-    for _ in range(sampling.max_new_tokens):
-        if key is not None:
-            key, subkey = mx.random.split(key)
-        else:
-            subkey = None
-        if constraints is not None:
-            logits = constrain_logits(logits, constraints, done)
-        tokens = pick_tokens(logits, sampling, subkey)
-        for row, token in enumerate(tokens.tolist()):
-            if done[row]:
-                continue
-            if token in stop_ids:
-                done[row] = True
-                continue
-            outputs[row].append(token)
-            if constraints is not None and constraints[row] is not None:
-                constraints[row].accept(token)
-            if on_token is not None:
-                on_token(row, token)
-        if all(done):
-            break
-        # Finished rows keep stepping (batch shapes stay fixed) but as padding, unseen by others.
-        step_mask = mx.array([[0 if d else 1] for d in done], dtype=mx.int32)
-        logits = model(tokens[:, None].astype(mx.int32), cache=cache, attention_mask=step_mask)
-        logits = logits[:, -1, :]
-    return outputs
+    if sampling.max_new_tokens <= 0:
+        return [[] for _ in prompts]
+    rows = [
+        Row(
+            DecodeRequest(
+                list(prompt),
+                sampling,
+                on_token=None if on_token is None else _RowCallback(on_token, index),
+                constraint=None if constraints is None else constraints[index],
+            )
+        )
+        for index, prompt in enumerate(prompts)
+    ]
+    decoder = BatchDecoder(model, stop_ids, pad_id)
+    decoder.admit(rows, prefix_cache, prefix_length if prefix_cache is not None else 0)
+    while decoder.rows:
+        for row in decoder.step():
+            if row.error is not None:
+                raise row.error
+    return [row.tokens for row in rows]
+
+
+@dataclass(frozen=True)
+class _RowCallback:
+    """`generate`'s `on_token(row, token)` as one row's `on_token(token)`."""
+
+    on_token: Callable[[int, int], None]
+    row: int
+
+    def __call__(self, token: int) -> None:
+        self.on_token(self.row, token)
 
 
 def prefill_groups(lengths: Sequence[int]) -> list[list[int]]:

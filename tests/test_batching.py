@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 
 from mlx_plamo3 import load_model
-from mlx_plamo3.batching import (
+from mlx_plamo3.batching import DecodeLoop
+from mlx_plamo3.generate import (
     CANCELLED,
     ENDED_BY_CALLER,
     LENGTH,
     STOP_TOKEN,
     BatchDecoder,
-    DecodeLoop,
     DecodeRequest,
     Row,
+    SamplingConfig,
+    generate,
 )
-from mlx_plamo3.generate import SamplingConfig, generate
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,8 @@ from data.call_format import (
     parse_markup,
 )
 from data.prompt import build_system_prompt, render_tools
-from mlx_plamo3.batching import CANCELLED, DecodeLoop
-from mlx_plamo3.generate import stop_token_ids
+from mlx_plamo3.batching import DecodeLoop
+from mlx_plamo3.generate import CANCELLED, stop_token_ids
 from mlx_plamo3.loading import load
 
 MODEL_NAME = "tiny-plamo"
