@@ -30,6 +30,7 @@ import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -292,7 +293,7 @@ def generate_batch(
             DecodeRequest(
                 list(prompt),
                 sampling,
-                on_token=None if on_token is None else _RowCallback(on_token, index),
+                on_token=None if on_token is None else partial(on_token, index),
                 constraint=None if constraints is None else constraints[index],
             )
         )
@@ -305,17 +306,6 @@ def generate_batch(
             if row.error is not None:
                 raise row.error
     return [row.tokens for row in rows]
-
-
-@dataclass(frozen=True)
-class _RowCallback:
-    """`generate`'s `on_token(row, token)` as one row's `on_token(token)`."""
-
-    on_token: Callable[[int, int], None]
-    row: int
-
-    def __call__(self, token: int) -> None:
-        self.on_token(self.row, token)
 
 
 def prefill_groups(lengths: Sequence[int]) -> list[list[int]]:
