@@ -19,7 +19,12 @@ from adapters.divergence import DEFAULT_TIE_MARGIN
 from adapters.export import EXPORT_WRITER, export_peft
 from adapters.fuse import FUSE_WRITER, fuse_adapter
 from adapters.hub import HubError, check_repo_id, hub_token, push_folder
-from adapters.torch_check import CheckSetup, format_report, run_check
+from adapters.torch_check import (
+    CheckSetup,
+    check_report_replaceable,
+    format_report,
+    run_check,
+)
 from adapters.torch_side import DEVICES
 from eval.harness import CONDITIONS
 from eval.records import load_records
@@ -382,6 +387,11 @@ def check_torch_command(
 
     Exits 1 when fewer than --min-agreement questions produce identical outputs."""
 
+    out = out or default_report_path(results)
+    try:  # before the check runs: it takes minutes
+        check_report_replaceable(out, results)
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     setup = CheckSetup(
         base=base,
         adapter=adapter,
@@ -403,7 +413,6 @@ def check_torch_command(
     required = report["n"] if min_agreement is None else min_agreement
     report["min_agreement"] = required
     report["passed"] = report["agree"] >= required
-    out = out or default_report_path(results)
     atomic_write_json(out, report)
     click.echo(format_report(report, required))
     click.echo(f"report written to {out}")

@@ -16,6 +16,7 @@ from adapters.card import model_card
 from eval.records import RecordsError, load_records
 from mlx_plamo3.io import atomic_directory, atomic_write_text
 from mlx_plamo3.lora import AdapterError
+from mlx_plamo3.messages import print_warning
 from mlx_plamo3.peft import PEFT_CONFIG, write_peft_adapter
 
 EXPORT_WRITER = "mlx-plamo export"  # names its output directories (mlx_plamo3.io)
@@ -38,6 +39,14 @@ def export_peft(
         records = [load_records(path) for path in results]
     except RecordsError as exc:
         raise AdapterError(str(exc)) from None
+    this_adapter = str(Path(adapter_dir).resolve())
+    for record in records:
+        made_with = record.summary.get("adapter")
+        if made_with is not None and made_with != this_adapter:
+            print_warning(
+                f"{record.path} was made with the adapter {made_with}, not {this_adapter}; the "
+                "model card shows its numbers as they are"
+            )
     names = [r.path.name for r in records]
     if len(set(names)) != len(names):
         raise AdapterError(f"two --results files share a file name: {names}")

@@ -31,11 +31,13 @@ from adapters.check_inputs import (
 )
 from adapters.divergence import DEFAULT_TIE_MARGIN, compare_row, strip_stop
 from adapters.torch_side import check_device, greedy_tokens, load_torch_base, torch_dtype
-from data import load_rows, resolve_dataset
+from data import load_eval_rows
 from eval.harness import cut_at_turn_end, prompt_messages
 from eval.records import Records, load_records
 from eval.scoring import MODES, RATE_KEYS, describe_rate, summarize
+from mlx_plamo3.errors import InputError
 from mlx_plamo3.generate import stop_token_ids
+from mlx_plamo3.io import FileFormatError, read_json
 from mlx_plamo3.loading import read_config, resolve_model_path
 from mlx_plamo3.lora import (
     ADAPTER_CONFIG,
@@ -53,6 +55,8 @@ from mlx_plamo3.peft import (
 )
 from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
+# Keys every report of `run_check` has: how an earlier report is told from another file.
+REPORT_KEYS = frozenset({"results", "compared_by", "agree", "rows"})
 MODEL_CODE_NAMES = {
     "reference": "the project's PyTorch reference",
     "remote code": "the checkpoint's own code",
@@ -134,9 +138,11 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
     records = load_records(setup.results)
     check_records_have_adapter(records)
     record_rows = records.rows[: setup.limit]
+    if not record_rows:
+        raise InputError(f"{records.path} holds no questions to compare")
     mlx_ids = token_ids_of(record_rows, records.path)
-    eval_file = resolve_dataset(setup.data) / "eval.jsonl"
-    eval_rows = match_eval_rows(record_rows, load_rows(eval_file), str(eval_file))
+    eval_file, eval_rows = load_eval_rows(setup.data)
+    eval_rows = match_eval_rows(record_rows, eval_rows, str(eval_file))
     base_dir = resolve_model_path(setup.base)
     args = ModelArgs.from_dict(read_config(base_dir), source=str(base_dir / "config.json"))
 
@@ -223,6 +229,26 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
 
 
 # ---- output ---------------------------------------------------------------------------------
+
+
+def check_report_replaceable(out: Path, results: Path) -> None:
+    """Refuse a report path that is the records file being checked, a directory, or an existing
+    file other than an earlier check-torch report (which is replaced)."""
+    if out.resolve() == results.resolve():
+        raise InputError(f"--out {out} is the --results file: the report would replace its records")
+    if not out.exists():
+        return
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; give the report file's path")
+    try:
+        earlier = read_json(out)
+    except FileFormatError:
+        earlier = None
+    if not (isinstance(earlier, dict) and REPORT_KEYS <= earlier.keys()):
+        raise InputError(
+            f"{out} exists and is not a check-torch report, so it is left as it is; choose "
+            "another --out"
+        )
 
 
 def format_report(report: Mapping[str, Any], min_agreement: int) -> str:

@@ -278,7 +278,12 @@ def plan_build(config: BuildConfig, questions: list[FrozenQuestion] | None = Non
         train = v3_examples(train, pool, eval_keys, sizes, config.call_format, config.seed)
     warnings += shortfall_warnings(f"{config.recipe} train", train)
     if not train.rows:
-        warnings.append("the training set is empty: the source has no usable examples")
+        reason = (
+            "--n-call and --n-nocall are 0"
+            if n_call == n_nocall == 0
+            else "the source has no usable examples"
+        )
+        warnings.append(f"the training set is empty: {reason}")
 
     check_no_leak(train.rows, eval_rows + (fresh.rows if fresh else []))
 

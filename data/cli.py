@@ -198,6 +198,9 @@ def check_leak_command(train: Path, eval_path: Path) -> None:
         if not eval_paths:
             raise click.ClickException(f"{eval_path}: no eval.jsonl in this directory")
         eval_rows = [row for path in eval_paths for row in load_rows(path)]
+        for path, rows in ((train, train_rows), (eval_path, eval_rows)):
+            if not rows:
+                raise click.ClickException(f"{path} holds no rows: there is nothing to check")
         check_no_leak(train_rows, eval_rows)
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None

@@ -23,28 +23,42 @@ FIRST_ROLES = ("system", "user")
 LATER_ROLES = ("user", "assistant", "tool")
 
 
-def resolve_dataset(name_or_path: str | Path) -> Path:
-    """A built dataset directory from a recipe/dataset name ("v2" → artifacts/data/v2) or a path."""
+def resolve_dataset(name_or_path: str | Path, needs: str = TRAIN_FILE) -> Path:
+    """A built dataset directory from a recipe/dataset name ("v2" → artifacts/data/v2) or a path,
+    holding the file `needs` (train.jsonl for training, eval.jsonl for the eval)."""
     text = str(name_or_path)
     path = Path(text).expanduser()
     bare = "/" not in text and "\\" not in text and text not in ("", ".", "..")
     # A bare name means a built dataset first, so a stray ./v2 folder does not shadow it.
-    if bare and (artifact_dir("data", text) / TRAIN_FILE).is_file():
+    if bare and (artifact_dir("data", text) / needs).is_file():
         return artifact_dir("data", text)
     if path.is_dir():
         candidate = path
+    elif path.is_file():
+        raise FileNotFoundError(
+            f"{text} is a file; pass the dataset directory that holds it ({path.parent})"
+        )
     elif bare:
         candidate = artifact_dir("data", text)
     else:
         raise FileNotFoundError(f"dataset directory {text} does not exist")
-    if not (candidate / TRAIN_FILE).is_file():
+    if not (candidate / needs).is_file():
         hint = (
             f"run `mlx-plamo data build --recipe {text}` first"
             if text in RECIPES
             else f"build one with `mlx-plamo data build --recipe v2 --out {candidate}`"
         )
-        raise FileNotFoundError(f"no built dataset at {candidate} ({TRAIN_FILE} missing); {hint}")
+        raise FileNotFoundError(f"no built dataset at {candidate} ({needs} missing); {hint}")
     return candidate
+
+
+def load_eval_rows(name_or_path: str | Path) -> tuple[Path, list[dict[str, Any]]]:
+    """(the eval.jsonl of a built dataset, its validated rows); an error when it has none."""
+    eval_file = resolve_dataset(name_or_path, needs=EVAL_FILE) / EVAL_FILE
+    rows = load_rows(eval_file)
+    if not rows:
+        raise InputError(f"{eval_file} holds no questions")
+    return eval_file, rows
 
 
 def validate_row(row: Any, where: str) -> dict[str, Any]:
@@ -65,6 +79,11 @@ def validate_row(row: Any, where: str) -> dict[str, Any]:
             raise InputError(f"{where}: 'messages'[{i}] has no string 'content'")
     if row.get("kind") not in ROW_KINDS:
         raise InputError(f"{where}: 'kind' must be one of {ROW_KINDS}, got {row.get('kind')!r}")
+    tools = row.get("tools")
+    if tools is not None and not (
+        isinstance(tools, list) and all(isinstance(tool, dict) for tool in tools)
+    ):
+        raise InputError(f"{where}: 'tools' must be a list of tool schema objects")
     return row
 
 

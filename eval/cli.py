@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from data import load_rows, resolve_dataset
+from data import load_eval_rows, load_rows, resolve_dataset
 from data.call_format import CALL_FORMAT_KEY, DEFAULT_CALL_FORMAT, recorded_call_format
 from eval.bfcl import BFCL_DIR, CATEGORIES, case_row, is_bfcl_row, load_cases, seen_in_training
 from eval.bfcl_scoring import format_bfcl, summarize_bfcl
@@ -31,7 +31,7 @@ from eval.scoring import (
     summarize,
     summary_mismatches,
 )
-from mlx_plamo3.errors import USER_ERRORS
+from mlx_plamo3.errors import USER_ERRORS, InputError
 from mlx_plamo3.io import file_sha256
 from mlx_plamo3.loading import load, model_reference
 from mlx_plamo3.lora import (
@@ -159,12 +159,33 @@ def results_option(records: Path) -> str:
     )
 
 
+def check_records_replaceable(out: Path, force: bool) -> None:
+    """Refuse an `--out` the eval may not write: an existing file without --force, and with
+    --force anything but an eval records file (a dataset, say), which stays as it is."""
+    if not out.exists():
+        return
+    if out.is_dir():
+        raise InputError(f"--out {out} is a directory; give the records file's path")
+    if not force:
+        raise InputError(f"{out} already exists; pass --force to replace it")
+    try:
+        load_records(out)
+    except USER_ERRORS as exc:
+        raise InputError(
+            f"{out} is not an eval records file, so --force will not replace it ({exc}); "
+            "choose another --out"
+        ) from None
+
+
 def bfcl_rows(
     categories: str, data_name: str, per_category: int | None = None
 ) -> tuple[Path, list[dict], dict | None]:
     """(the BFCL folder, the eval rows of `categories`, what of BFCL the training data of
     `data_name` holds, or None when that dataset is not built)."""
-    names = [c.strip() for c in categories.split(",") if c.strip()]
+    # Each category once, in the order given.
+    names = list(dict.fromkeys(c.strip() for c in categories.split(",") if c.strip()))
+    if not names:
+        raise InputError(f"--categories {categories!r} names no category")
     cases = load_cases(names, limit_per_category=per_category)
     try:
         train_rows = load_rows(resolve_dataset(data_name) / "train.jsonl")
@@ -330,16 +351,17 @@ def eval_command(
     if condition != "lora" and adapter:
         raise click.UsageError(f"--adapter makes no sense with --condition {condition}")
     model_path = model_path or str(default_model_dir())
+    if label is not None and (Path(label).name != label or label in ("", ".", "..")):
+        raise click.UsageError(f"--label {label!r} must be a plain name, not a path")
     label = label or (condition if suite == "frozen" else f"{suite}-{condition}")
     out = out or artifact_dir("results", f"{label}.json")
-    if out.exists() and not force:  # before the model loads: the records hold a whole run
-        raise click.UsageError(f"{out} already exists; pass --force to replace it")
     try:
+        # before the model loads: the records hold a whole run
+        check_records_replaceable(out, force)
         if suite == "bfcl":
             eval_file, rows, seen = bfcl_rows(categories, data_name, per_category)
         else:
-            eval_file, seen = resolve_dataset(data_name) / "eval.jsonl", None
-            rows = load_rows(eval_file)
+            (eval_file, rows), seen = load_eval_rows(data_name), None
         model, tokenizer = load(model_path)
         base_weights = model_weights_fingerprint(model)
         # how the adapter writes calls (the base conditions answer in the study's json)
@@ -449,15 +471,18 @@ def report_command(
         click.echo(
             f"warning: no results folder at {results}; the report has no conditions", err=True
         )
-    report = build_report(
-        results,
-        out,
-        mode=mode,
-        tracking_uri=uri,
-        experiment=experiment,
-        title=title,
-        recursive=recursive,
-    )
+    try:
+        report = build_report(
+            results,
+            out,
+            mode=mode,
+            tracking_uri=uri,
+            experiment=experiment,
+            title=title,
+            recursive=recursive,
+        )
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
     for note in report.notes:
         click.echo(f"note: {note}", err=True)
     click.echo(

@@ -35,8 +35,16 @@ def passes(verdict: Verdict, metric: str) -> bool:
     raise InputError(f"unknown metric {metric!r}; expected one of {RATE_KEYS}")
 
 
-def has_questions(rows: Sequence[Mapping[str, Any]]) -> bool:
-    return all(isinstance(row.get("question"), str) for row in rows)
+def has_questions(rows: Sequence[Mapping[str, Any]], label: str) -> bool:
+    """Whether every row records its question; an error when only some do (matching the rest by
+    position would pair different questions)."""
+    missing = [i for i, row in enumerate(rows) if not isinstance(row.get("question"), str)]
+    if missing and len(missing) < len(rows):
+        raise InputError(
+            f"{label}: row {missing[0]} has no 'question' while other rows do; rows are matched "
+            "by question, so each needs one"
+        )
+    return not missing
 
 
 def keyed_rows(
@@ -61,7 +69,8 @@ def compare_rows(
     labels: tuple[str, str] = ("A", "B"),
 ) -> dict[str, Any]:
     """Score both row lists and diff them question by question (JSON-ready dict)."""
-    by_question = has_questions(rows_a) and has_questions(rows_b)
+    recorded = has_questions(rows_a, labels[0]), has_questions(rows_b, labels[1])
+    by_question = all(recorded)
     keys_a = keyed_rows(rows_a, by_question, labels[0])
     keys_b = keyed_rows(rows_b, by_question, labels[1])
     verdicts_a = score_rows(rows_a, mode)

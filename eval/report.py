@@ -4,9 +4,10 @@ The page: the condition table with 95% intervals and provenance (`eval.condition
 figures (`eval.figures`), the training runs and their checkpoint-eval tables from MLflow
 (`eval.training_history`), and the per-question explorer (`eval.explorer`). `build_report`
 writes `index.html` and `figures/*.png`, figures first and the page last, each atomically, so a
-page on disk always has its figures. The HTML embeds its figures as data URIs and carries its
-CSS and a few lines of JS inline, so it opens offline; predictions are untrusted model output
-and reach the page only through Jinja's autoescaping.
+page on disk always has its figures. It writes into a folder only if the folder is empty or
+holds an earlier report (`check_report_folder`), never over the user's files. The HTML embeds
+its figures as data URIs and carries its CSS and a few lines of JS inline, so it opens offline;
+predictions are untrusted model output and reach the page only through Jinja's autoescaping.
 
 Imports stay light: matplotlib and mlflow are imported only when a report is built.
 """
@@ -33,7 +34,14 @@ from eval.conditions import (
     provenance,
 )
 from eval.explorer import explorer_questions
-from eval.figures import METRIC_LABELS, SMOOTH_ABOVE, draw_figures
+from eval.figures import (
+    FIG_CHECKPOINTS,
+    FIG_LOSS,
+    FIG_METRICS,
+    METRIC_LABELS,
+    SMOOTH_ABOVE,
+    draw_figures,
+)
 from eval.metric_keys import DEFAULT_EXPERIMENT, LOSS
 from eval.scoring import MODES, RATE_KEYS, summary_mismatches
 from eval.training_history import Training, checkpoint_points, examples_by_step, read_training
@@ -42,6 +50,49 @@ from mlx_plamo3.io import atomic_write_bytes, atomic_write_text
 
 DEFAULT_TITLE = "PLaMo 3 tool-calling LoRA: evaluation report"
 TEMPLATE = "report_template.html.jinja"
+PAGE = "index.html"
+FIGURE_DIR = "figures"
+# The page's <meta name="generator">: how an earlier report's page is told from the user's.
+GENERATOR = "mlx-plamo report"
+# An element of every page, also of those written before the generator tag.
+PAGE_LANDMARK = 'id="condition-table"'
+
+
+def is_report_page(path: Path) -> bool:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return f'<meta name="generator" content="{GENERATOR}">' in text or PAGE_LANDMARK in text
+
+
+def check_report_folder(out: Path) -> None:
+    """Refuse an output folder holding anything but an earlier report (its page, its figures,
+    and temporary files of an interrupted write), which the new report replaces."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+
+    def interrupted_write(entry: Path) -> bool:  # atomic_write_bytes' temporary files
+        return entry.name.startswith(".") and entry.name.endswith(".tmp")
+
+    figures = {FIG_METRICS, FIG_LOSS, FIG_CHECKPOINTS}
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.name == PAGE and entry.is_file() and is_report_page(entry):
+            continue
+        if entry.name == FIGURE_DIR and entry.is_dir():
+            foreign += [
+                f"{FIGURE_DIR}/{figure.name}"
+                for figure in sorted(entry.iterdir())
+                if figure.name not in figures and not interrupted_write(figure)
+            ]
+        elif not interrupted_write(entry):
+            foreign.append(entry.name)
+    if foreign:
+        raise InputError(
+            f"{out} holds {len(foreign)} file(s) that mlx-plamo report did not write "
+            f"({', '.join(foreign[:6])}); the report would replace or delete them. Choose "
+            "another --out, or move them away."
+        )
 
 
 def data_uri(png: bytes) -> str:
@@ -133,7 +184,8 @@ def build_report(
     atomically, so a page on disk always has its figures."""
     if mode not in MODES:
         raise InputError(f"unknown scoring mode {mode!r}; expected one of {MODES}")
-    results = Path(results)
+    results, out = Path(results), Path(out)
+    check_report_folder(out)
     conditions, skipped = (
         load_conditions(results, mode, recursive) if results.is_dir() else ([], [])
     )
@@ -143,7 +195,7 @@ def build_report(
         else Training("", experiment, [], "MLflow was not read (--no-mlflow).")
     )
     figures = draw_figures(conditions, training.runs, mode)
-    figure_dir = out / "figures"
+    figure_dir = out / FIGURE_DIR
     for name, png in figures.items():
         if png is None:
             # A figure left from an earlier report would contradict this one.
@@ -156,6 +208,7 @@ def build_report(
     }
     context = {
         "title": title,
+        "generator": GENERATOR,
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "mode": mode,
         "results": str(results),
@@ -191,7 +244,7 @@ def build_report(
         "questions": explorer_questions(conditions),
         "labels": [c.label for c in conditions],
     }
-    index = out / "index.html"
+    index = out / PAGE
     atomic_write_text(index, render_html(context))
     notes = [f"skipped {s}" for s in skipped]
     if tracking_uri is not None and training.message:

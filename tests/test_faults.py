@@ -572,3 +572,182 @@ def test_successful_commands_end_with_the_next_command(adapter_dir, tiny_hf_dir,
     )
     assert report.exit_code == 0, report.output
     assert f"next: open {tmp_path / 'report' / 'index.html'}" in report.output
+
+
+# ---- 7. the second audit: outputs the user owns, empty inputs, half-recorded files ------------
+
+
+def test_check_torch_refuses_to_write_its_report_over_the_records(checked, tiny_hf_dir):
+    before = checked["lora"].read_bytes()
+    result = check_torch(checked, tiny_hf_dir, "--out", str(checked["lora"]))
+    one_line_error(result, "--results file")
+    assert checked["lora"].read_bytes() == before
+
+
+def test_check_torch_replaces_its_own_report_but_no_other_file(checked, tiny_hf_dir, tmp_path):
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"mine": 1}')
+    one_line_error(check_torch(checked, tiny_hf_dir, "--out", str(mine)), str(mine))
+    assert mine.read_text() == '{"mine": 1}'
+    report = tmp_path / "report.json"
+    for _ in range(2):  # the second run replaces the first one's report
+        result = check_torch(checked, tiny_hf_dir, "--limit", "1", "--out", str(report))
+        assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["n"] == 1
+
+
+def test_report_refuses_a_folder_holding_the_users_files(checked, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "base.json").write_bytes(checked["base"].read_bytes())
+    out = tmp_path / "mine"
+    (out / "figures").mkdir(parents=True)
+    (out / "index.html").write_text("my page")
+    (out / "figures" / "training_loss.png").write_bytes(b"my figure")
+    args = ["report", "--results", str(results), "--no-mlflow", "--out", str(out)]
+    one_line_error(run(args), str(out), "index.html")
+    assert (out / "index.html").read_text() == "my page"
+    assert (out / "figures" / "training_loss.png").read_bytes() == b"my figure"
+    report = tmp_path / "report"
+    for _ in range(2):  # an earlier report is replaced
+        result = run([*args[:-1], str(report)])
+        assert result.exit_code == 0, result.output
+    (report / "notes.txt").write_text("mine")
+    one_line_error(run([*args[:-1], str(report)]), "notes.txt")
+    assert (report / "notes.txt").read_text() == "mine"
+
+
+def test_eval_force_replaces_only_a_records_file(tiny_mlx_dir, tmp_path):
+    data = toy_dataset(tmp_path / "data")
+    dataset_file = data / "eval.jsonl"
+    before = dataset_file.read_bytes()
+    args = ["eval", "--condition", "base", "--model", str(tiny_mlx_dir), "--data", str(data)]
+    result = run([*args, "--max-new-tokens", "2", "--out", str(dataset_file), "--force"])
+    one_line_error(result, str(dataset_file), "not an eval records file")
+    assert dataset_file.read_bytes() == before
+
+
+def test_train_overwrite_removes_only_what_training_wrote(tmp_path):
+    from train.checkpoints import prepare_adapter_dir
+
+    adapter = tmp_path / "adapter"
+    (adapter / "checkpoints" / "step-000011").mkdir(parents=True)
+    (adapter / "checkpoints" / "step-000011" / "trainer_state.json").write_text("{}")
+    (adapter / "evals").mkdir()
+    (adapter / "evals" / "step-000011.json").write_text("{}")
+    (adapter / "adapters.safetensors").write_bytes(b"weights")
+    kept = [adapter / "checkpoints" / "mine.txt", adapter / "evals" / "notes.md", adapter / "a"]
+    for path in kept:
+        path.write_text("mine")
+    prepare_adapter_dir(adapter, overwrite=True, resume=False)
+    assert all(path.read_text() == "mine" for path in kept)
+    assert sorted(p.name for p in (adapter / "checkpoints").iterdir()) == ["mine.txt"]
+    assert sorted(p.name for p in (adapter / "evals").iterdir()) == ["notes.md"]
+    assert not (adapter / "adapters.safetensors").exists()
+
+
+def test_export_warns_when_records_come_from_another_adapter(checked, adapter_dir, tmp_path):
+    records = json.loads(checked["lora"].read_text())
+    records["summary"]["adapter"] = str(tmp_path / "another-adapter")
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(records))
+    out = tmp_path / "peft"
+    result = run(
+        ["export", "--adapter", str(adapter_dir), "--out", str(out), "--results", str(other)]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"warning: {other} was made with the adapter {tmp_path / 'another-adapter'}" in (
+        result.output
+    )
+    mine = run(
+        [
+            "export",
+            "--adapter",
+            str(adapter_dir),
+            "--out",
+            str(tmp_path / "p2"),
+            "--results",
+            str(checked["lora"]),
+        ]
+    )
+    assert mine.exit_code == 0 and "warning" not in mine.output, mine.output
+
+
+def test_bfcl_categories_run_once_each_and_an_empty_list_is_refused(tiny_mlx_dir, tmp_path):
+    args = ["eval", "--suite", "bfcl", "--condition", "base", "--model", str(tiny_mlx_dir)]
+    args += ["--data", str(toy_dataset(tmp_path / "data")), "--per-category", "1"]
+    out = tmp_path / "bfcl.json"
+    twice = "simple_python,simple_python"
+    result = run([*args, "--categories", twice, "--max-new-tokens", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(out.read_text())["rows"]) == 1
+    one_line_error(run([*args, "--categories", " , "]), "names no category")
+
+
+def test_empty_inputs_are_errors_not_empty_successes(tiny_mlx_dir, checked, tiny_hf_dir, tmp_path):
+    data = toy_dataset(tmp_path / "data", eval_rows=0)
+    args = ["eval", "--condition", "base", "--model", str(tiny_mlx_dir), "--data", str(data)]
+    one_line_error(run(args), str(data / "eval.jsonl"), "no questions")
+    one_line_error(run(["data", "check-leak", str(data), str(data)]), "holds no rows")
+    records = json.loads(checked["lora"].read_text())
+    records["rows"] = []
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps(records))
+    one_line_error(check_torch(checked, tiny_hf_dir, records=empty), str(empty), "no questions")
+
+
+def test_compare_refuses_a_file_where_only_some_rows_record_their_question(checked, tmp_path):
+    records = json.loads(checked["lora"].read_text())
+    records["rows"] = records["rows"][::-1]
+    del records["rows"][1]["question"]
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(records))
+    result = run(["eval", "--compare", str(checked["lora"]), str(edited)])
+    one_line_error(result, "row 1 has no 'question'")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [("--lora-alpha", "0", "lora_alpha must be > 0"), ("--seed", "-1", "seed must be >= 0")],
+)
+def test_train_refuses_an_alpha_that_trains_nothing_and_a_negative_seed(
+    tiny_mlx_dir, tmp_path, option, value, needle
+):
+    data = toy_dataset(tmp_path / "data")
+    args = ["train", "--model", str(tiny_mlx_dir), "--data", str(data), option, value]
+    one_line_error(run(args), needle)
+
+
+def test_eval_label_must_not_be_a_path(tiny_mlx_dir, tmp_path):
+    args = ["eval", "--condition", "base", "--model", str(tiny_mlx_dir), "--label", "../escape"]
+    one_line_error(run(args), "plain name")
+    assert not (tmp_path / "escape.json").exists()
+
+
+def test_eval_data_needs_only_an_eval_file(tiny_mlx_dir, tmp_path):
+    data = toy_dataset(tmp_path / "data")
+    (data / "train.jsonl").unlink()
+    args = ["eval", "--condition", "base", "--model", str(tiny_mlx_dir), "--max-new-tokens", "2"]
+    result = run([*args, "--data", str(data), "--out", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    one_line_error(run([*args, "--data", str(data / "eval.jsonl")]), "pass the dataset directory")
+    (data / "eval.jsonl").unlink()
+    one_line_error(run([*args, "--data", str(data)]), "eval.jsonl missing")
+
+
+def test_eval_rows_with_bad_tools_are_refused_before_generating(tiny_mlx_dir, tmp_path):
+    data = toy_dataset(tmp_path / "data")
+    row = json.loads((data / "eval.jsonl").read_text())
+    (data / "eval.jsonl").write_text(json.dumps({**row, "tools": "x"}) + "\n")
+    args = ["eval", "--condition", "base", "--model", str(tiny_mlx_dir), "--data", str(data)]
+    one_line_error(run(args), f"{data / 'eval.jsonl'}:1", "'tools'")
+
+
+def test_data_build_with_no_examples_asked_says_so(tmp_path):
+    source = (
+        Path(__file__).parents[1] / "data" / "samples" / "glaive-function-calling-v2.sample.jsonl"
+    )
+    out = tmp_path / "d"
+    args = ["data", "build", "--recipe", "v2", "--source", str(source), "--out", str(out)]
+    result = run([*args, "--n-call", "0", "--n-nocall", "0", "--quiet"])
+    assert "--n-call and --n-nocall are 0" in result.output, result.output

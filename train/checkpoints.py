@@ -58,10 +58,7 @@ def prepare_adapter_dir(adapter_dir: Path, overwrite: bool, resume: bool) -> Pat
     if adapter_dir.exists() and not adapter_dir.is_dir():
         raise CheckpointError(f"--adapter-path {adapter_dir} is a file, not a directory")
     if overwrite:
-        shutil.rmtree(adapter_dir / CHECKPOINTS, ignore_errors=True)
-        shutil.rmtree(adapter_dir / EVAL_DIR, ignore_errors=True)
-        for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-            (adapter_dir / name).unlink(missing_ok=True)
+        clear_training_output(adapter_dir)
     elif not resume and (
         latest_checkpoint(adapter_dir) is not None or (adapter_dir / ADAPTER_WEIGHTS).exists()
     ):
@@ -70,6 +67,26 @@ def prepare_adapter_dir(adapter_dir: Path, overwrite: bool, resume: bool) -> Pat
             "continue it, --overwrite to start over, or another --adapter-path"
         )
     return latest_checkpoint(adapter_dir) if resume else None
+
+
+def clear_training_output(adapter_dir: Path) -> None:
+    """Remove what training writes in `adapter_dir`: the final adapter, `step-XXXXXX`
+    checkpoints and eval records, and `checkpoints/` and `evals/` once that leaves them empty.
+    Anything else (a file the user put in `checkpoints/`, say) stays."""
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        (adapter_dir / name).unlink(missing_ok=True)
+    checkpoints, evals = checkpoint_root(adapter_dir), adapter_dir / EVAL_DIR
+    if checkpoints.is_dir():
+        for path in checkpoints.iterdir():
+            if path.is_dir() and STEP_DIR.match(path.name):
+                shutil.rmtree(path)
+    if evals.is_dir():
+        for path in evals.iterdir():
+            if path.is_file() and path.suffix == ".json" and STEP_DIR.match(path.stem):
+                path.unlink()
+    for folder in (checkpoints, evals):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def checkpoint_root(adapter_dir: str | Path) -> Path:
