@@ -13,6 +13,7 @@ from data.leakage import normalise_query
 from data.prompt import example_row, render_tools
 from data.schema import ROW_KINDS, STRICT_NOCALL, Candidate, ToolCall
 from mlx_plamo3.errors import InputError
+from mlx_plamo3.io import read_json
 
 FROZEN_EVAL_FILE = Path(__file__).with_name("frozen_eval.json")
 
@@ -39,8 +40,7 @@ class FrozenQuestion:
 
 def load_frozen_questions(path: Path = FROZEN_EVAL_FILE) -> list[FrozenQuestion]:
     """The frozen questions, checked: a kind, a question, a gold; call golds parse as calls."""
-    with path.open(encoding="utf-8") as handle:
-        items = json.load(handle)["questions"]
+    items = read_json(path)["questions"]
     questions = []
     for i, item in enumerate(items):
         for key in ("kind", "question", "gold"):

@@ -1,6 +1,10 @@
 """Where source rows come from: a Hugging Face Hub id (through `datasets.load_dataset`), a local
 `.json` / `.jsonl` / `.parquet` file, or a directory (a `save_to_disk` dataset or data files).
-Each row's format (raw glaive or LLaMA-Factory sharegpt) is detected on its own."""
+Each row's format (raw glaive or LLaMA-Factory sharegpt) is detected on its own.
+
+A row that cannot be read (a bad JSON line, a row in no known format) becomes a `ParseError`
+and is skipped; a source that cannot be read as a whole fails with one error naming it: a
+`SourceError`, or the `FileFormatError` of `mlx_plamo3.io` for a file that is not UTF-8 text."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from data.glaive import parse_glaive_row
 from data.schema import Conversation, ParseError
 from data.sharegpt import parse_sharegpt_row
 from mlx_plamo3.errors import PlamoError
-from mlx_plamo3.io import file_sha256
+from mlx_plamo3.io import file_sha256, jsonl_lines, not_utf8_error
 from mlx_plamo3.loading import is_hub_id
 
 DEFAULT_SOURCE = "glaiveai/glaive-function-calling-v2"
@@ -65,14 +69,11 @@ def parse_row(row: Any) -> Conversation:
 
 def iter_jsonl(path: Path) -> Iterator[Row]:
     """One object per line; a bad line becomes a ParseError naming the line, not a crash."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield ParseError("bad_json_line", f"{path}:{number}: {exc}")
+    for number, line in jsonl_lines(path):
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield ParseError("bad_json_line", f"{path}:{number}: {exc}")
 
 
 def iter_json_array(path: Path, chunk_chars: int = _CHUNK_CHARS) -> Iterator[Row]:
@@ -87,7 +88,10 @@ def iter_json_array(path: Path, chunk_chars: int = _CHUNK_CHARS) -> Iterator[Row
 
         def refill() -> None:
             nonlocal buffer, pos, dropped, eof
-            more = handle.read(chunk_chars)
+            try:
+                more = handle.read(chunk_chars)
+            except UnicodeDecodeError:
+                raise not_utf8_error(path) from None
             eof = not more
             buffer, pos, dropped = buffer[pos:] + more, 0, dropped + pos
 
@@ -124,7 +128,10 @@ def iter_json_array(path: Path, chunk_chars: int = _CHUNK_CHARS) -> Iterator[Row
 def iter_json_file(path: Path) -> Iterator[Row]:
     """A `.json` file holding an array of rows, or (as LLaMA-Factory allows) JSON Lines."""
     with path.open(encoding="utf-8") as handle:
-        head = handle.read(4096).lstrip()
+        try:
+            head = handle.read(4096).lstrip()
+        except UnicodeDecodeError:
+            raise not_utf8_error(path) from None
     if head.startswith("["):
         return iter_json_array(path)
     if head.startswith("{"):

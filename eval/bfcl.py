@@ -12,6 +12,9 @@ Contract:
   the gold is one acceptable answer in the study's call format (`data.prompt.call_text`); for
   the parallel categories a JSON list of such calls; for irrelevance "" with kind "nocall".
   BFCL's raw function docs and ground truth ride along for a BFCL-style checker.
+- `case_problem` says what makes a case unusable by that checker (unusable function docs, a
+  ground truth not in BFCL's form); `load_cases` refuses such a case, and `eval.records`
+  refuses such a records row.
 - `seen_in_training` measures how new the suite is to a training set: BFCL function names found
   among the training rows' tool names, BFCL questions found among the training questions.
 
@@ -49,6 +52,7 @@ from typing import Any
 from data.call_format import call_text, calls_text
 from data.leakage import normalise_query, row_query
 from data.prompt import build_system_prompt, render_tools
+from eval.bfcl_checker import function_doc_problem
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.io import read_jsonl
 
@@ -194,14 +198,12 @@ def _resolve(value: Any, where: str) -> Any:
     return value
 
 
-def gold_calls(case: BfclCase) -> list[tuple[str, dict[str, Any]]]:
-    """One acceptable answer of a case as (name, arguments) calls, in ground-truth order;
-    empty for irrelevance."""
-    if case.ground_truth is None:
-        return []
+def answer_calls(ground_truth: Sequence[Any]) -> list[tuple[str, dict[str, Any]]]:
+    """One acceptable answer of a ground truth as (name, arguments) calls, in order; an entry
+    not in BFCL's form is an InputError naming it (`ground_truth[i]`)."""
     calls = []
-    for i, entry in enumerate(case.ground_truth):
-        where = f"{case.id}: ground_truth[{i}]"
+    for i, entry in enumerate(ground_truth):
+        where = f"ground_truth[{i}]"
         if not isinstance(entry, dict) or len(entry) != 1:
             raise InputError(f"{where}: must be an object with exactly one function name")
         ((name, params),) = entry.items()
@@ -216,18 +218,50 @@ def gold_calls(case: BfclCase) -> list[tuple[str, dict[str, Any]]]:
     return calls
 
 
+def case_problem(category: Any, functions: Any, ground_truth: Any) -> str | None:
+    """What makes a case (or a records row) unusable by BFCL's checker, or None: the category
+    must be one of `CATEGORIES`; the function docs a non-empty list, each passing
+    `eval.bfcl_checker.function_doc_problem`; the ground truth None for a no-call category,
+    else a non-empty list in BFCL's form (`answer_calls`), one call unless the category is
+    parallel, calling only the functions offered."""
+    if category not in CATEGORIES:
+        return f"the category must be one of {', '.join(CATEGORIES)}, got {category!r}"
+    if not isinstance(functions, list) or not functions:
+        return "needs a non-empty list of function docs"
+    for i, function in enumerate(functions):
+        problem = function_doc_problem(function)
+        if problem is not None:
+            return f"function doc {i}: {problem}"
+    if category in NOCALL_CATEGORIES:
+        if ground_truth is not None:
+            return f"category {category!r} has no ground truth: it must be null"
+        return None
+    if not isinstance(ground_truth, list) or not ground_truth:
+        return "the ground truth must be a non-empty list of expected calls"
+    try:
+        calls = answer_calls(ground_truth)
+    except InputError as exc:
+        return str(exc)
+    if category not in PARALLEL_CATEGORIES and len(calls) != 1:
+        return f"category {category!r} expects one call, ground truth has {len(calls)}"
+    offered = {function["name"] for function in functions}
+    for name, _ in calls:
+        if name not in offered:
+            return f"the ground truth calls {name!r}, which no function doc offers"
+    return None
+
+
 def gold_text(case: BfclCase) -> str:
     """The gold text: one call in the study's format, a JSON list of them for a parallel
-    category, "" for irrelevance."""
-    calls = gold_calls(case)
-    if case.category in NOCALL_CATEGORIES:
+    category, "" for irrelevance; a case with a `case_problem` is an InputError naming it."""
+    problem = case_problem(case.category, case.functions, case.ground_truth)
+    if problem is not None:
+        raise InputError(f"{case.id}: {problem}")
+    if case.ground_truth is None:
         return ""
+    calls = answer_calls(case.ground_truth)
     if case.category in PARALLEL_CATEGORIES:
         return calls_text(calls)
-    if len(calls) != 1:
-        raise InputError(
-            f"{case.id}: category {case.category!r} expects one call, ground truth has {len(calls)}"
-        )
     return call_text(*calls[0])
 
 
@@ -266,23 +300,24 @@ def _load_category(category: str, root: Path, limit: int | None) -> list[BfclCas
         if entry["id"] in seen:
             raise InputError(f"{where}: id {entry['id']!r} occurs twice")
         seen.add(entry["id"])
-        functions = entry.get("function")
-        if not isinstance(functions, list) or not all(
-            isinstance(f, dict) and isinstance(f.get("name"), str) for f in functions
-        ):
-            raise InputError(f"{where}: 'function' must be a list of docs with a string 'name'")
         if answers is not None and entry["id"] not in answers:
             raise InputError(f"{answer_path}: no possible answer for id {entry['id']!r}")
-        case = BfclCase(
-            id=entry["id"],
-            category=category,
-            messages=_check_turn(entry, where),
-            functions=functions,
-            tools=[to_tool(f) for f in functions],
-            ground_truth=None if answers is None else answers[entry["id"]],
+        messages = _check_turn(entry, where)
+        functions = entry.get("function")
+        ground_truth = None if answers is None else answers[entry["id"]]
+        problem = case_problem(category, functions, ground_truth)
+        if problem is not None:
+            raise InputError(f"{where}: {problem}")
+        cases.append(
+            BfclCase(
+                id=entry["id"],
+                category=category,
+                messages=messages,
+                functions=functions,
+                tools=[to_tool(f) for f in functions],
+                ground_truth=ground_truth,
+            )
         )
-        gold_text(case)  # a malformed ground truth fails here, at load, naming the case
-        cases.append(case)
     return cases
 
 

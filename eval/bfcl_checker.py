@@ -12,6 +12,8 @@ parseable was emitted. `functions` are the question's BFCL function docs and `gr
 says why in a few words. Categories: simple_python, live_simple, multiple, live_multiple,
 parallel, parallel_multiple, live_parallel, live_parallel_multiple, irrelevance,
 live_irrelevance and live_relevance; any other (Java, JavaScript, multi-turn...) is a ValueError.
+Inputs are trusted: each function doc must pass `function_doc_problem` and the ground truth be
+in BFCL's form (`eval.bfcl.case_problem` checks both, for the suite's files and for records).
 
 The rules were learned from BFCL's evaluator (ShishirPatil/gorilla,
 berkeley-function-call-leaderboard/bfcl_eval/eval_checker/ast_eval/ast_checker.py, with
@@ -188,6 +190,41 @@ def _elements(acceptable: Any) -> list[Any] | None:
 def _allows_omission(acceptable: Any) -> bool:
     """Whether "" is among the acceptable values (Python's `in`, as BFCL uses it)."""
     return isinstance(acceptable, (list, str)) and OPTIONAL_MARKER in acceptable
+
+
+def _is_bfcl_type(value: Any) -> bool:
+    return isinstance(value, str) and value in BFCL_PYTHON_TYPES
+
+
+def function_doc_problem(function: Any) -> str | None:
+    """What a BFCL function doc lacks for `check_calls`, or None: a string `name` and a
+    `parameters` object whose `required`, if given, is a list of names and whose `properties`,
+    if given, maps each parameter to an object with a BFCL `type` (an array's or tuple's
+    `items`, if given, an object whose `type`, if given, is a BFCL type too)."""
+    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+        return "must be an object with a string 'name'"
+    schema = function.get("parameters")
+    if not isinstance(schema, Mapping):
+        return f"{function['name']!r}: 'parameters' must be an object"
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
+        return f"{function['name']!r}: 'required' must be a list of parameter names"
+    properties = schema.get("properties", {})
+    if not isinstance(properties, Mapping):
+        return f"{function['name']!r}: 'properties' must be an object"
+    for name, parameter in properties.items():
+        where = f"{function['name']!r}: parameter {name!r}"
+        if not isinstance(parameter, Mapping):
+            return f"{where} must be an object"
+        if not _is_bfcl_type(parameter.get("type")):
+            types = ", ".join(BFCL_PYTHON_TYPES)
+            return f"{where}: 'type' must be one of {types}, got {parameter.get('type')!r}"
+        items = parameter.get("items", {})
+        if parameter["type"] in ELEMENT_CHECKED_TYPES and not (
+            isinstance(items, Mapping) and _is_bfcl_type(items.get("type", "any"))
+        ):
+            return f"{where}: 'items' must be an object whose 'type', if any, is a BFCL type"
+    return None
 
 
 def _python_type(bfcl_type: str) -> type:

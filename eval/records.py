@@ -5,6 +5,11 @@ add fields to a row (`tools`: the tool schemas the prompt offered, used by stric
 BFCL row also carries `suite`, `category`, `id`, `functions` and `ground_truth`, see
 `eval.bfcl_scoring`).
 The study's contaminated first eval has no `question` field, so `question` is optional.
+
+`load_records` refuses, with a `RecordsError` naming the file and the line or row, a file that
+is missing, not UTF-8 text or not JSON, and any row with a `row_problem`; for a BFCL row that
+includes what BFCL's checker could not score (`eval.bfcl.case_problem`), so scoring never
+meets a malformed row.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eval.bfcl import is_bfcl_row
+from eval.bfcl import NOCALL_CATEGORIES, case_problem, is_bfcl_row
 from eval.scoring import ROW_KINDS, parse_gold
 from mlx_plamo3.errors import PlamoError
-from mlx_plamo3.io import atomic_write_json
+from mlx_plamo3.io import FileFormatError, atomic_write_json, read_text
 
 REQUIRED_ROW_KEYS: tuple[str, ...] = ("kind", "gold", "pred")
 
@@ -68,18 +73,15 @@ def row_problem(row: Any) -> str | None:
 
 
 def bfcl_row_problem(row: Mapping[str, Any]) -> str | None:
-    """What a BFCL row lacks for its checker: the category, the function docs, and the possible
-    answers (a list; None only for a no-call category)."""
-    if not isinstance(row.get("category"), str):
-        return "a BFCL row needs its 'category'"
-    if not (
-        isinstance(row.get("functions"), list)
-        and all(isinstance(f, dict) for f in row["functions"])
-    ):
-        return "a BFCL row needs 'functions', the list of its function docs"
-    answers = row.get("ground_truth")
-    if row["kind"] == "call" and not isinstance(answers, list):
-        return "a BFCL call row needs 'ground_truth', the list of possible answers"
+    """What a BFCL row lacks for its checker (`eval.bfcl.case_problem` on its `category`,
+    `functions` and `ground_truth`), or a `kind` its category does not have."""
+    category = row.get("category")
+    problem = case_problem(category, row.get("functions"), row.get("ground_truth"))
+    if problem is not None:
+        return f"BFCL row: {problem}"
+    kind = "nocall" if category in NOCALL_CATEGORIES else "call"
+    if row["kind"] != kind:
+        return f"BFCL row: kind must be {kind!r} for category {category!r}, got {row['kind']!r}"
     return None
 
 
@@ -105,9 +107,11 @@ def load_records(path: str | Path) -> Records:
     """Read and validate a records file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except FileNotFoundError:
         raise RecordsError(f"{path}: no such records file") from None
+    except FileFormatError as exc:  # not UTF-8
+        raise RecordsError(str(exc)) from None
     except json.JSONDecodeError as exc:
         raise RecordsError(f"{path}: not valid JSON ({exc})") from None
     summary, rows = validate_records(data, str(path))

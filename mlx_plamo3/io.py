@@ -7,7 +7,11 @@ allowed only when the marker names the same command and the directory holds noth
 directory the user made, one holding other models, or one where files were added since is
 refused, naming what is there. Staging directories left by killed runs are removed the next
 time the same output is written (each carries the writer's process id, so a live writer's
-staging directory is never touched)."""
+staging directory is never touched).
+
+The readers (`read_text`, `read_json`, `read_jsonl`, `read_safetensors`) turn a file that is
+missing, not UTF-8 text or not in its format into one error naming the file (and the line where
+there is one); `not_utf8_error` is that error for a reader of its own that met undecodable bytes."""
 
 from __future__ import annotations
 
@@ -175,18 +179,59 @@ class FileFormatError(PlamoError, ValueError):
     """A file that is missing, empty, truncated or not in its format; the message names it."""
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, value) of each non-blank line of a JSON-lines file; a line that is not
-    JSON is an InputError naming `path:line`."""
+def not_utf8_error(path: str | Path) -> FileFormatError:
+    """The error for a file that failed to decode as UTF-8, naming its first undecodable byte:
+    `path:line: not UTF-8 text (byte 0xff at offset N)`, N counted in bytes from the start of
+    the file. The file is scanned again from the start, since a decoder's own position is within
+    the chunk it was given."""
+    path = Path(path)
+    offset = 0
+    with path.open("rb") as handle:
+        # No multi-byte character spans a newline byte, so lines decode on their own.
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                byte, at = line[exc.start], offset + exc.start
+                return FileFormatError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{byte:02x} at offset {at})"
+                )
+            offset += len(line)
+    return FileFormatError(f"{path}: not UTF-8 text")  # it changed since the failed read
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of `path`; bytes that are not UTF-8 are a FileFormatError naming the
+    line and the byte (a file that cannot be opened is the OSError `open` raises)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise not_utf8_error(path) from None
+
+
+def jsonl_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a text file; a line that is not UTF-8 is a
+    FileFormatError naming `path:line`."""
     path = Path(path)
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{number}: not JSON: {exc}") from None
+        try:
+            for number, line in enumerate(handle, start=1):
+                if line.strip():
+                    yield number, line
+        except UnicodeDecodeError:
+            raise not_utf8_error(path) from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a JSON-lines file; a line that is not
+    JSON is an InputError, and one that is not UTF-8 a FileFormatError, naming `path:line`."""
+    for number, line in jsonl_lines(path):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{number}: not JSON: {exc}") from None
+        yield number, value
 
 
 def read_json(path: str | Path) -> Any:
@@ -195,8 +240,8 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise FileFormatError(f"{path} is missing")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as exc:
         raise FileFormatError(f"{path} is not valid JSON ({exc})") from None
 
 

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from mlx_plamo3.io import (
+    FileFormatError,
     atomic_save_safetensors,
     atomic_write_json,
     file_sha256,
+    read_json,
+    read_text,
 )
 from mlx_plamo3.loading import CheckpointError, read_safetensors_header, weight_problems
 from mlx_plamo3.lora import (
@@ -234,9 +237,11 @@ def read_peft_adapter(adapter_dir: str | Path) -> PeftAdapter:
         if not path.is_file():
             raise AdapterError(f"{path} is missing; is {root} a PEFT adapter directory?")
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(read_text(config_path))
     except json.JSONDecodeError as exc:
         raise AdapterError(f"{config_path} is not valid JSON: {exc}") from None
+    except FileFormatError as exc:  # not UTF-8
+        raise AdapterError(str(exc)) from None
     problems = peft_config_problems(config)
     if problems:
         raise AdapterError(f"{config_path}: " + "; ".join(problems))
@@ -254,7 +259,10 @@ def read_peft_adapter(adapter_dir: str | Path) -> PeftAdapter:
     if bad_keys:
         raise AdapterError(f"{weights_path}: keys that are not LoRA factors: {bad_keys[:6]}")
     info_path = root / EXPORT_INFO
-    info = json.loads(info_path.read_text()) if info_path.is_file() else None
+    try:
+        info = read_json(info_path) if info_path.is_file() else None
+    except FileFormatError as exc:
+        raise AdapterError(str(exc)) from None
     adapter = PeftAdapter(root, config, shapes, info)
     problems = consistency_problems(adapter.mlx_shapes, adapter.lora)
     if problems:

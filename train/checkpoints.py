@@ -13,7 +13,6 @@ continued with resume, cleared of what training wrote with overwrite, and refuse
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -24,7 +23,13 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_plamo3.errors import PlamoError
-from mlx_plamo3.io import atomic_directory, atomic_save_safetensors, atomic_write_json
+from mlx_plamo3.io import (
+    FileFormatError,
+    atomic_directory,
+    atomic_save_safetensors,
+    atomic_write_json,
+    read_json,
+)
 from mlx_plamo3.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -150,8 +155,8 @@ def prune_checkpoints(adapter_dir: str | Path, keep: int) -> list[Path]:
 def read_trainer_state(path: str | Path) -> dict[str, Any]:
     state_path = Path(path) / STATE_FILE
     try:
-        return json.loads(state_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return read_json(state_path)
+    except (OSError, FileFormatError) as exc:
         raise CheckpointError(f"{state_path}: cannot read the trainer state: {exc}") from None
 
 

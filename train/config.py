@@ -21,6 +21,7 @@ from data import resolve_dataset
 from eval.harness import STUDY_MAX_NEW_TOKENS
 from eval.metric_keys import DEFAULT_EXPERIMENT
 from mlx_plamo3.errors import PlamoError
+from mlx_plamo3.io import FileFormatError, read_text
 from mlx_plamo3.loading import DTYPES
 from mlx_plamo3.lora import ALL_LINEAR, AdapterError, LoraConfig
 from mlx_plamo3.paths import artifact_dir, default_model_dir
@@ -227,6 +228,11 @@ class TrainConfig:
             raise ConfigError(f"keep_checkpoints must be >= 0, got {self.keep_checkpoints}")
         if not self.learning_rate > 0:
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not self.lora_alpha > 0:
+            # alpha / r scales the update: at 0 the adapter trains nothing.
+            raise ConfigError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
         if not 0 < self.lr_end_factor <= 1:
             raise ConfigError(f"lr_end_factor must be in (0, 1], got {self.lr_end_factor}")
         if self.weight_decay < 0 or self.max_grad_norm < 0 or self.adam_eps < 0:
@@ -322,7 +328,9 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """The settings of a YAML file, checked against TrainConfig (not yet merged)."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        document = yaml.safe_load(read_text(path))
+    except FileFormatError as exc:  # not UTF-8
+        raise ConfigError(str(exc)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except OSError as exc:
