@@ -30,10 +30,9 @@ from eval.harness import CONDITIONS
 from eval.records import load_records
 from mlx_plamo3.errors import USER_ERRORS
 from mlx_plamo3.io import OUTPUT_MARKER, OutputDirectoryError, atomic_write_json, check_replaceable
-from mlx_plamo3.loading import names_hub_repo, read_config
+from mlx_plamo3.loading import names_hub_repo, read_model_args
 from mlx_plamo3.lora import read_adapter_config, warn_other_base
 from mlx_plamo3.messages import next_step, quoted
-from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.paths import artifact_dir, default_model_dir
 from mlx_plamo3.peft import DEFAULT_BASE_MODEL, EXPORT_DTYPES, base_model_of, load_mlx_adapter
 
@@ -270,7 +269,7 @@ def check_fits_base(
 ) -> None:
     """Refuse an adapter that does not fit `base_dir` (fingerprints, rank, targets, shapes)."""
 
-    args = ModelArgs.from_dict(read_config(base_dir), source=str(base_dir / "config.json"))
+    args = read_model_args(base_dir)
     load_mlx_adapter(adapter_dir, args, base_dir, on_other_base)
 
 

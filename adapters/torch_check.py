@@ -38,7 +38,7 @@ from eval.scoring import MODES, RATE_KEYS, describe_rate, summarize
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.generate import stop_token_ids
 from mlx_plamo3.io import FileFormatError, read_json
-from mlx_plamo3.loading import read_config, resolve_model_path
+from mlx_plamo3.loading import read_model_args, resolve_model_path
 from mlx_plamo3.lora import (
     ADAPTER_CONFIG,
     BASE_WEIGHTS_KEY,
@@ -46,7 +46,6 @@ from mlx_plamo3.lora import (
     checkpoint_weights_fingerprint,
 )
 from mlx_plamo3.messages import print_warning
-from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.peft import (
     PeftAdapter,
     check_peft_fits_base,
@@ -144,7 +143,7 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
     eval_file, eval_rows = load_eval_rows(setup.data)
     eval_rows = match_eval_rows(record_rows, eval_rows, str(eval_file))
     base_dir = resolve_model_path(setup.base)
-    args = ModelArgs.from_dict(read_config(base_dir), source=str(base_dir / "config.json"))
+    args = read_model_args(base_dir)
 
     # Refuse a mismatched adapter, records or base before loading anything heavy.
     adapter = read_peft_adapter(setup.adapter)

@@ -1,4 +1,9 @@
-"""`mlx-plamo generate`: one reply from a prompt or a chat, streamed to the terminal."""
+"""`mlx-plamo generate`: one reply from a prompt or a chat, streamed to the terminal.
+
+A --messages file is checked before the model loads (`read_messages`: its structure, and its
+roles and contents by the chat template's own rule), errors naming the file and the message
+index. --raw sends --prompt without the template and is refused with --messages.
+--seed is what `mx.random.key` takes: an integer in [0, MAX_SEED]."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import click
 
 from mlx_plamo3.errors import USER_ERRORS, PlamoError
 from mlx_plamo3.generate import (
+    MAX_SEED,
     SamplingConfig,
     TextStreamer,
     generate,
@@ -28,7 +34,11 @@ from mlx_plamo3.lora import load_adapter, warn_other_base
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help='A JSON file holding a list of {"role", "content"} messages.',
 )
-@click.option("--raw", is_flag=True, help="Send --prompt as plain text, without the template.")
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Send --prompt as plain text, without the chat template (not with --messages).",
+)
 @click.option(
     "--max-new-tokens",
     type=click.IntRange(min=1),
@@ -50,7 +60,13 @@ from mlx_plamo3.lora import load_adapter, warn_other_base
     show_default=True,
     help="Nucleus sampling mass, in (0, 1].",
 )
-@click.option("--seed", default=0, show_default=True, help="Sampling seed.")
+@click.option(
+    "--seed",
+    type=click.IntRange(0, MAX_SEED),
+    default=0,
+    show_default=True,
+    help="Sampling seed, 0 to 2**64-1.",
+)
 @click.option(
     "--allow-other-base",
     is_flag=True,
@@ -72,22 +88,27 @@ def generate_command(
     """Generate a reply, streaming it to the terminal; stops at <|plamo:tag|> or eos."""
     if (prompt is None) == (messages is None):
         raise click.UsageError("give exactly one of --prompt and --messages")
+    if raw and messages is not None:
+        raise click.UsageError(
+            "--raw goes with --prompt (plain text, no chat template); a --messages chat is "
+            "always rendered with the chat template"
+        )
     try:
         chat = read_messages(messages) if messages is not None else None
         model, tokenizer = load(model_path)
         if adapter:
             load_adapter(model, adapter, warn_other_base(allow_other_base), model_path)
             model.eval()
+        if chat is not None:
+            ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+        elif raw:
+            ids = tokenizer.encode(prompt)
+        else:
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True
+            )
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
-    if chat is not None:
-        ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True)
-    elif raw:
-        ids = tokenizer.encode(prompt)
-    else:
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True
-        )
     streamer = TextStreamer(tokenizer.decode, lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     sampling = SamplingConfig(max_new_tokens, temperature, top_p, seed)
     try:

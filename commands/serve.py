@@ -38,9 +38,11 @@ text. Each request gets its own constraint.
 
 Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}`: 400 for a malformed body,
 an unknown model, malformed tools or messages, a tool_choice naming no listed tool, a
-`constrain` that is not a boolean, max_tokens
-outside [1, --max-tokens-limit] or past the context; 401 for a missing or wrong bearer key when
---api-key is set. Prompts are logged only with --log-prompts; the key never is.
+`constrain` that is not a boolean, a seed outside [0, 2**64-1] (what `mx.random.key` takes),
+max_tokens outside [1, --max-tokens-limit] or past the context; 401 for a missing or wrong
+bearer key when --api-key is set. Prompts are logged only with --log-prompts; the key never is.
+The address is checked before the model loads: one that cannot be bound (a port in use) is a
+one-line error naming host and port, before anything says it is serving.
 
 Concurrency: one thread owns the model and decodes up to --max-batch requests together
 (mlx_plamo3/batching.py: a request arriving mid-batch is prefilled and joins at the next step,
@@ -55,6 +57,7 @@ import asyncio
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -75,8 +78,10 @@ from data.prompt import build_system_prompt, render_tools
 from eval.constrain import AUTO, NONE, tool_call_constraint
 from eval.harness import TURN_END
 from mlx_plamo3.batching import DecodeLoop
+from mlx_plamo3.chat_template import KNOWN_ROLES
 from mlx_plamo3.errors import USER_ERRORS
 from mlx_plamo3.generate import (
+    MAX_SEED,
     DecodeRequest,
     ReplyText,
     SamplingConfig,
@@ -88,7 +93,6 @@ from mlx_plamo3.lora import load_adapter, read_adapter_config
 from mlx_plamo3.messages import next_step
 
 OWNER = "mlx-plamo3"
-ROLES = ("system", "user", "assistant", "tool")
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 SERVER_LOG = logging.getLogger("mlx_plamo3.serve")
 # How often a waiting non-streamed request checks whether its client is still there.
@@ -209,8 +213,8 @@ def chat_messages(
         raise RequestError("messages must be a non-empty list", "messages")
     system_texts, turns = [], []
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            raise RequestError(f"messages[{index}].role must be one of {ROLES}", "messages")
+        if not isinstance(message, dict) or message.get("role") not in KNOWN_ROLES:
+            raise RequestError(f"messages[{index}].role must be one of {KNOWN_ROLES}", "messages")
         role = message["role"]
         if role == "system":
             system_texts.append(message_text(message, index))
@@ -398,8 +402,10 @@ class ChatServer:
         if body.get("top_p") == 0:
             raise RequestError("top_p must be above 0", "top_p")
         seed = body.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise RequestError("seed must be an integer", "seed")
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED
+        ):
+            raise RequestError(f"seed must be an integer in [0, {MAX_SEED}]", "seed")
         sampling = SamplingConfig(
             max_new_tokens=max_tokens,
             temperature=number(body, "temperature", 1.0, 0.0, 2.0),
@@ -608,6 +614,17 @@ def load_served(model_path: str, adapter: str | None) -> tuple[Any, Any, str]:
     return model, tokenizer, call_format
 
 
+def check_port_free(host: str, port: int) -> None:
+    """A one-line error naming host and port unless uvicorn can bind them now (the same
+    address family and SO_REUSEADDR as uvicorn's own bind)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.create_server((host, port), family=family).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise click.ClickException(f"cannot serve on {host}:{port}: {reason}") from None
+
+
 def served_name(model_path: str) -> str:
     """The model id clients send: a Hub id as given, a directory by its name."""
     return model_path if is_hub_id(model_path) else Path(model_path).resolve().name
@@ -685,6 +702,7 @@ def serve_command(
 ) -> None:
     """Serve the model on an OpenAI-compatible /v1/chat/completions endpoint, with tools, calls
     written and read in the adapter's call format (json or PLaMo's markup)."""
+    check_port_free(host, port)
     try:
         model, tokenizer, call_format = load_served(model_path, adapter)
     except USER_ERRORS as exc:

@@ -103,7 +103,13 @@ def size_option(flag: str, key: str, what: str) -> Callable[[Callable], Callable
 
 @click.command(name="tiny", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True, help="Random seed; same seed, same bytes.")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Random seed (an integer >= 0); same seed, same bytes.",
+)
 @size_option("--hidden-size", "hidden_size", "Width of the residual stream.")
 @size_option("--layers", "num_hidden_layers", "Decoder layers.")
 @size_option("--heads", "num_attention_heads", "Query heads.")

@@ -25,7 +25,6 @@ they pick alone; a sampled row draws from its own key, split per step from
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -37,9 +36,13 @@ from typing import Protocol
 import mlx.core as mx
 import numpy as np
 
+from mlx_plamo3.chat_template import ChatTemplateError, validate_messages
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.io import read_json
 from mlx_plamo3.model import Model, Plamo3Cache
+
+# The largest seed `mx.random.key` takes (an unsigned 64-bit integer); seeds are 0..MAX_SEED.
+MAX_SEED = 2**64 - 1
 
 
 @dataclass
@@ -516,21 +519,16 @@ class TextStreamer:
 
 
 def read_messages(path: Path) -> list[dict[str, str]]:
-    """The chat in a messages file: a JSON list of {"role", "content"} strings."""
+    """The chat in a messages file: a non-empty JSON list of {"role", "content"} with the roles
+    and contents the chat template takes (`validate_messages`); errors name the file and the
+    message index."""
     chat = read_json(path)
     if not isinstance(chat, list) or not chat:
         raise InputError(f'{path}: expected a non-empty list of {{"role", "content"}}')
-    for index, message in enumerate(chat):
-        if not (
-            isinstance(message, dict)
-            and isinstance(message.get("role"), str)
-            and isinstance(message.get("content"), str)
-        ):
-            raise InputError(
-                f'{path}: message {index} is not {{"role": <string>, "content": <string>}}: '
-                f"{json.dumps(message)[:120]}"
-            )
-    return chat
+    try:
+        return validate_messages(chat)
+    except ChatTemplateError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def stop_token_ids(tokenizer) -> set[int]:

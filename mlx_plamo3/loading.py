@@ -1,7 +1,8 @@
 """Load PLaMo 3 checkpoints (Hugging Face layout or our converted MLX directories) into MLX,
 and the checkpoint file layout both share.
 
-Both layouts share key names, so one path loads either: read config.json, build the model,
+Both layouts share key names, so one path loads either: read config.json (checked by
+`read_model_args`, errors naming the file and the key), build the model,
 quantize the modules the weights say are quantized, then `load_weights(strict=True)` with every
 missing or unexpected key listed in a single error. The layout (shards, their names, the
 index) is read by `weight_files` and written by `rewrite_shards`, shard by shard, so a
@@ -22,7 +23,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_plamo3.errors import PlamoError
-from mlx_plamo3.io import FileFormatError, read_json
+from mlx_plamo3.io import FileFormatError, read_json, read_text
 from mlx_plamo3.model import Model, ModelArgs
 from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
@@ -107,13 +108,25 @@ def download_from_hub(repo_id: str, revision: str | None) -> Path:
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
+    """The checkpoint's config.json as a dict, or CheckpointError naming the file; its values
+    are checked by `read_model_args` (`ModelArgs.from_dict`)."""
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{config_path} is missing")
     try:
-        return json.loads(config_path.read_text())
+        config = json.loads(read_text(config_path))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
+    except FileFormatError as exc:  # not UTF-8
+        raise CheckpointError(str(exc)) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+    return config
+
+
+def read_model_args(model_dir: Path) -> ModelArgs:
+    """The checkpoint's config.json as checked model args; errors name the file and the key."""
+    return ModelArgs.from_dict(read_config(model_dir), source=str(model_dir / "config.json"))
 
 
 def read_safetensors_header(path: Path) -> dict[str, dict[str, Any]]:
@@ -257,7 +270,7 @@ def load_model(
 ) -> Model:
     """Load a PLaMo 3 model from a local directory or Hub id (HF or converted MLX layout)."""
     model_dir = resolve_model_path(path_or_repo, revision)
-    args = ModelArgs.from_dict(read_config(model_dir), source=str(model_dir / "config.json"))
+    args = read_model_args(model_dir)
     files = weight_files(model_dir)
     weights: dict[str, mx.array] = {}
     for file in files:

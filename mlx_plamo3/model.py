@@ -10,13 +10,19 @@ per-layer sliding window): a query at position i on a sliding layer sees keys j 
 i - window_size < j <= i, that is `window_size` keys including itself. Masks are built from token
 positions, not slot indices, so left padding, padding after a shared prefix and packed examples
 all use the same code path as a single sequence.
+
+`ModelArgs.from_dict` is the one place a config.json becomes args: it refuses a document that is
+not a JSON object, another model type, missing keys, values of the wrong type or range
+(`VALUE_RULES`: sizes are positive integers, never booleans) and head counts that do not divide,
+each error naming the file and the key; unknown keys are logged.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
@@ -46,6 +52,76 @@ _BOOKKEEPING_KEYS = frozenset(
 )
 
 
+def _is_size(value: Any) -> bool:
+    return type(value) is int and value > 0  # type(), not isinstance: JSON true is no size
+
+
+def _is_optional_size(value: Any) -> bool:
+    return value is None or _is_size(value)
+
+
+def _is_token_id(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _is_optional_token_id(value: Any) -> bool:
+    return value is None or _is_token_id(value)
+
+
+def _is_eos_token_ids(value: Any) -> bool:
+    return _is_optional_token_id(value) or (
+        isinstance(value, list) and all(_is_token_id(token) for token in value)
+    )
+
+
+def _is_positive_number(value: Any) -> bool:
+    finite = type(value) is int or (type(value) is float and math.isfinite(value))
+    return finite and value > 0
+
+
+def _is_rope_base(value: Any) -> bool:
+    return _is_positive_number(value) and value > 1  # the frequencies divide by log(base)
+
+
+def _is_quantization(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, dict)
+        and _is_size(value.get("group_size"))
+        and _is_size(value.get("bits"))
+    )
+
+
+_SIZE = (_is_size, "a positive integer")
+_OPTIONAL_TOKEN_ID = (_is_optional_token_id, "a token id (an integer >= 0) or null")
+# What each config value must be, as (test, the words an error uses); `ModelArgs.validate`
+# checks every field but model_type, which `from_dict` checks first.
+VALUE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "hidden_size": _SIZE,
+    "num_hidden_layers": _SIZE,
+    "num_attention_heads": _SIZE,
+    "num_key_value_heads": _SIZE,
+    "head_dim": _SIZE,
+    "intermediate_size": _SIZE,
+    "vocab_size": _SIZE,
+    "rms_norm_eps": (_is_positive_number, "a positive number"),
+    "tie_word_embeddings": (lambda value: type(value) is bool, "true or false"),
+    "window_size": _SIZE,
+    "sliding_window_pattern": _SIZE,
+    "rope_theta": (_is_rope_base, "a number above 1"),
+    "rope_local_theta": (_is_rope_base, "a number above 1"),
+    "rope_scaling_factor": (_is_positive_number, "a positive number"),
+    "initial_context_length": (_is_optional_size, "a positive integer or null"),
+    "max_position_embeddings": _SIZE,
+    "bos_token_id": _OPTIONAL_TOKEN_ID,
+    "eos_token_id": (_is_eos_token_ids, "a token id, a list of them, or null"),
+    "pad_token_id": _OPTIONAL_TOKEN_ID,
+    "quantization": (
+        _is_quantization,
+        "null or an object with positive integers group_size and bits",
+    ),
+}
+
+
 @dataclass
 class ModelArgs:
     hidden_size: int
@@ -72,7 +148,11 @@ class ModelArgs:
 
     @classmethod
     def from_dict(cls, config: dict[str, Any], source: str = "config.json") -> ModelArgs:
-        """Build args from a checkpoint config; refuses other model types, logs unknown keys."""
+        """Build args from a checkpoint config (the one place a config.json becomes args):
+        refuses anything but a JSON object of model type plamo3 whose values `validate`
+        accepts, naming `source` and the key; logs unknown keys."""
+        if not isinstance(config, dict):
+            raise InputError(f"{source}: expected a JSON object, got {type(config).__name__}")
         model_type = config.get("model_type")
         if model_type != "plamo3":
             raise InputError(f"{source}: model_type is {model_type!r}, expected 'plamo3'")
@@ -96,6 +176,13 @@ class ModelArgs:
         return args
 
     def validate(self, source: str = "config.json") -> None:
+        """Raise InputError naming `source` and the key for a value `VALUE_RULES` refuses, or
+        for head counts and widths the attention cannot be built from."""
+        for key, (is_valid, expected) in VALUE_RULES.items():
+            value = getattr(self, key)
+            if not is_valid(value):
+                got = json.dumps(value, default=repr)
+                raise InputError(f"{source}: {key} must be {expected}, got {got}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise InputError(
                 f"{source}: num_attention_heads ({self.num_attention_heads}) is not a multiple "
@@ -103,8 +190,6 @@ class ModelArgs:
             )
         if self.head_dim % 2:
             raise InputError(f"{source}: head_dim ({self.head_dim}) must be even for RoPE")
-        if self.window_size < 1 or self.sliding_window_pattern < 1:
-            raise InputError(f"{source}: window_size and sliding_window_pattern must be >= 1")
 
     def is_full_attention(self, layer_idx: int) -> bool:
         return (layer_idx + 1) % self.sliding_window_pattern == 0

@@ -22,7 +22,6 @@ Architecture facts were read from PFN's vLLM plugin (``pfnet-research/vllm-plamo
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,7 +40,8 @@ from transformers import (
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from mlx_plamo3.loading import weight_files
+from mlx_plamo3.loading import read_config, weight_files
+from mlx_plamo3.model import ModelArgs
 
 # Effective RMSNorm scale = stored weight + offset. Values from PFN's vLLM plugin, which adds
 # these offsets to the checkpoint weights while loading.
@@ -616,9 +616,10 @@ def load_reference(
     The key check is strict; weights are cast to ``dtype`` and placed on ``device``.
     """
     root = Path(path)
-    config_dict = json.loads((root / "config.json").read_text())
-    if config_dict.get("model_type") != Plamo3Config.model_type:
-        raise ValueError(f"not a plamo3 config: model_type={config_dict.get('model_type')!r}")
+    config_dict = read_config(root)
+    # The MLX loader's checks, so a bad config.json is one error naming the key, not a torch
+    # traceback; the torch config is still built from the file on its own.
+    ModelArgs.from_dict(config_dict, source=str(root / "config.json"))
     config = Plamo3Config.from_dict(config_dict)
     config._name_or_path = str(root)
     state = sanitize_state(config, read_safetensors_dir(root))

@@ -688,11 +688,12 @@ def test_serve_reads_the_adapters_call_format_and_constrains_in_it(
 ):
     apps = []
     monkeypatch.setattr(serve.uvicorn, "run", lambda app, **_: apps.append(app))
-    args = ["--model", str(tiny_mlx_dir), "--adapter", str(plamo_adapter)]
+    port = ["--port", str(free_port())]  # uvicorn.run is stubbed; the port is only checked
+    args = ["--model", str(tiny_mlx_dir), "--adapter", str(plamo_adapter), *port]
     result = CliRunner().invoke(serve.serve_command, args)
     assert result.exit_code == 0, result.output
     assert "tool calls: plamo format" in result.output
-    result = CliRunner().invoke(serve.serve_command, ["--model", str(tiny_mlx_dir)])
+    result = CliRunner().invoke(serve.serve_command, ["--model", str(tiny_mlx_dir), *port])
     assert "tool calls: json format" in result.output
     with serving(apps[0]) as url:  # the adapter's app, decoding with the real loop
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0)

@@ -30,10 +30,9 @@ from eval.harness import run_eval
 from eval.metric_keys import EXAMPLES_SEEN, LOSS, checkpoint_eval_metrics
 from mlx_plamo3.errors import PlamoError
 from mlx_plamo3.io import atomic_write_json, file_sha256
-from mlx_plamo3.loading import DTYPES, CheckpointError, load_model, read_config
+from mlx_plamo3.loading import DTYPES, CheckpointError, load_model, read_config, read_model_args
 from mlx_plamo3.lora import ADAPTER_CONFIG, apply_lora, save_adapter
 from mlx_plamo3.memory import budget
-from mlx_plamo3.model import ModelArgs
 from mlx_plamo3.paths import mlflow_uri
 from mlx_plamo3.tokenizer import Plamo3Tokenizer
 from train.batches import Encoded, encode_rows, micro_batches, plan_steps
@@ -165,8 +164,8 @@ def data_recipe(data_dir: Path) -> str:
 def base_model_info(model_dir: Path, override: str | None) -> tuple[str, str | None]:
     """(base model id, revision) from the model's config.json, as far as it records them."""
     try:
-        config = json.loads((model_dir / "config.json").read_text())
-    except (OSError, ValueError):
+        config = read_config(model_dir)
+    except (CheckpointError, ValueError):
         config = {}
     name = override or config.get("_name_or_path") or str(model_dir)
     revision = config.get("_commit_hash") or config.get("revision")
@@ -258,7 +257,7 @@ class Trainer:
                 f"pfnet/plamo-3-nict-2b-base --mlx-path {self.model_dir}` or pass --model"
             )
         try:
-            args = ModelArgs.from_dict(read_config(self.model_dir), str(self.model_dir))
+            args = read_model_args(self.model_dir)
         except (CheckpointError, ValueError) as exc:
             raise TrainError(str(exc)) from None
         limit, source = budget(cfg.memory_limit)
