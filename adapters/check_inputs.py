@@ -33,6 +33,17 @@ def check_records_have_adapter(records: Records) -> None:
         )
 
 
+def check_records_unconstrained(records: Records) -> None:
+    """Records decoded under the tools' grammar (`eval --constrain`) cannot agree with the plain
+    greedy decoding check-torch runs: refuse them."""
+    if recorded_decoding(records.summary, "constrained"):
+        raise CheckError(
+            f"{records.path} was decoded under the tools' constraints (eval --constrain); "
+            "check-torch reruns plain greedy decoding, so pass the records of an eval without "
+            "--constrain"
+        )
+
+
 def token_ids_of(records: Sequence[Mapping[str, Any]], path: Path) -> list[list[int]]:
     """Each record's generated token ids (`pred_ids`, stop token excluded); an error names the
     file and the first rows without them."""
@@ -77,9 +88,13 @@ def match_eval_rows(
     return [by_question[r["question"]] for r in records]
 
 
-def decoding_of(summary: Mapping[str, Any]) -> int:
-    """max_new_tokens the MLX eval used (from its summary), else the study's budget."""
+def recorded_decoding(summary: Mapping[str, Any], key: str) -> Any:
+    """A setting the MLX eval recorded in its summary's `decoding`, or None."""
     decoding = summary.get("decoding")
-    if isinstance(decoding, Mapping) and isinstance(decoding.get("max_new_tokens"), int):
-        return decoding["max_new_tokens"]
-    return STUDY_MAX_NEW_TOKENS
+    return decoding.get(key) if isinstance(decoding, Mapping) else None
+
+
+def recorded_max_new_tokens(summary: Mapping[str, Any]) -> int:
+    """max_new_tokens the MLX eval used (from its summary), else the study's budget."""
+    value = recorded_decoding(summary, "max_new_tokens")
+    return value if isinstance(value, int) else STUDY_MAX_NEW_TOKENS

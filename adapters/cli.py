@@ -333,7 +333,8 @@ def default_report_path(results: Path) -> Path:
 @click.option(
     "--fewshot/--no-fewshot",
     default=None,
-    help="Insert the study's 2-shot turns [only for base-fewshot records].",
+    help="Insert the study's 2-shot turns [as the records' eval did: its summary's "
+    "decoding.fewshot].",
 )
 @click.option(
     "--min-agreement",

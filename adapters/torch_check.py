@@ -25,8 +25,10 @@ from typing import Any
 
 from adapters.check_inputs import (
     check_records_have_adapter,
-    decoding_of,
+    check_records_unconstrained,
     match_eval_rows,
+    recorded_decoding,
+    recorded_max_new_tokens,
     token_ids_of,
 )
 from adapters.divergence import DEFAULT_TIE_MARGIN, compare_row, strip_stop
@@ -136,6 +138,7 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
     torch_dtype(setup.dtype)
     records = load_records(setup.results)
     check_records_have_adapter(records)
+    check_records_unconstrained(records)
     record_rows = records.rows[: setup.limit]
     if not record_rows:
         raise InputError(f"{records.path} holds no questions to compare")
@@ -159,10 +162,11 @@ def run_check(setup: CheckSetup, progress: bool = True) -> dict[str, Any]:
 
     tokenizer = Plamo3Tokenizer.from_pretrained(base_dir)
     stop_ids = stop_token_ids(tokenizer)
-    max_new_tokens = decoding_of(records.summary)
+    max_new_tokens = recorded_max_new_tokens(records.summary)
     fewshot = setup.fewshot
-    if fewshot is None:
-        fewshot = records.summary.get("condition") == "base-fewshot"
+    if fewshot is None:  # as the records' eval prompted (records before the flag: by condition)
+        recorded = recorded_decoding(records.summary, "fewshot")
+        fewshot = recorded if isinstance(recorded, bool) else records.condition == "base-fewshot"
 
     started = time.perf_counter()
     base = load_torch_base(setup.base, base_dir, setup.dtype, setup.device, setup.trust_remote_code)

@@ -141,6 +141,7 @@ def run_eval(
         bfcl = summarize_bfcl(records)
         summary["bfcl"] = {"categories": bfcl["categories"], "overall": bfcl["overall"]}
     summary["decoding"] = {
+        "fewshot": fewshot,
         "greedy": True,
         "max_new_tokens": max_new_tokens,
         "stop": TURN_END,

@@ -145,13 +145,34 @@ def remove_stale_staging(path: Path) -> list[Path]:
     return removed
 
 
+def backup_path(path: Path) -> Path:
+    """Where `atomic_directory` moves an output aside while its replacement is renamed in."""
+    return path.with_name(f".{path.name}.old")
+
+
+def recover_interrupted_replace(path: Path) -> None:
+    """Undo what a replace killed between its two renames left: the earlier output moved aside
+    with nothing in its place is moved back; one left beside a complete new output is removed."""
+    backup = backup_path(path)
+    if not backup.is_dir():
+        return
+    if path.exists():
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.replace(backup, path)
+        logger.warning("restored %s, which an interrupted run had moved aside", path)
+
+
 @contextmanager
 def atomic_directory(path: str | Path, writer: str, force: bool = False) -> Iterator[Path]:
     """Yield a staging directory beside `path`; on success it replaces `path` in one rename.
 
     `writer` names the command (as the user types it); `check_replaceable` decides whether an
-    existing `path` may be replaced. A failure or kill leaves `path` as it was."""
+    existing `path` may be replaced. A failure or kill leaves `path` as it was, or (killed
+    between the two renames that replace it) moved aside, where the next write of `path` finds
+    it and puts it back (`recover_interrupted_replace`)."""
     path = Path(path)
+    recover_interrupted_replace(path)
     remove_stale_staging(path)
     check_replaceable(path, writer, force)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,10 +188,10 @@ def atomic_directory(path: str | Path, writer: str, force: bool = False) -> Iter
         raise
     backup = None
     if path.exists():
-        backup = path.with_name(f".{path.name}.old")
+        backup = backup_path(path)
         shutil.rmtree(backup, ignore_errors=True)
         os.replace(path, backup)
-    os.replace(staging, path)
+    os.replace(staging, path)  # killed just before: recover_interrupted_replace undoes it
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
 

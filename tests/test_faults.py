@@ -751,3 +751,59 @@ def test_data_build_with_no_examples_asked_says_so(tmp_path):
     args = ["data", "build", "--recipe", "v2", "--source", str(source), "--out", str(out)]
     result = run([*args, "--n-call", "0", "--n-nocall", "0", "--quiet"])
     assert "--n-call and --n-nocall are 0" in result.output, result.output
+
+
+def test_train_resume_refuses_an_adapter_without_a_checkpoint(tmp_path):
+    from train.checkpoints import CheckpointError, prepare_adapter_dir
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapters.safetensors").write_bytes(b"weights")
+    with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
+        prepare_adapter_dir(adapter, overwrite=False, resume=True)
+    assert (adapter / "adapters.safetensors").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("damaged", ["adapters.safetensors", "optimizer.safetensors"])
+def test_a_damaged_checkpoint_is_named_not_a_traceback(tmp_path, damaged):
+    from train.checkpoints import CheckpointError, load_checkpoint
+
+    step = tmp_path / "checkpoints" / "step-000010"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text('{"step": 10}')
+    for name in ("adapters.safetensors", "optimizer.safetensors"):
+        (step / name).write_bytes(b"" if name == damaged else b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=f"checkpoint {step} is damaged"):
+        load_checkpoint(step, model=None, optimizer=None)
+
+
+def test_an_output_moved_aside_by_a_killed_replace_is_put_back(tmp_path):
+    from mlx_plamo3.io import atomic_directory, backup_path
+
+    out = tmp_path / "out"
+    with atomic_directory(out, "mlx-plamo test") as staging:
+        (staging / "model.safetensors").write_text("first")
+    os.replace(out, backup_path(out))  # killed between the two renames of a replace
+    with atomic_directory(out, "mlx-plamo test", force=True) as staging:
+        assert (out / "model.safetensors").read_text() == "first"  # back before any write
+        (staging / "model.safetensors").write_text("second")
+    assert (out / "model.safetensors").read_text() == "second"
+    assert not backup_path(out).exists()
+
+
+def test_check_torch_refuses_constrained_records_and_prompts_as_recorded(
+    checked, tiny_hf_dir, tmp_path
+):
+    records = json.loads(checked["lora"].read_text())
+    assert records["summary"]["decoding"]["fewshot"] is False
+    records["summary"]["decoding"]["constrained"] = True
+    constrained = tmp_path / "constrained.json"
+    constrained.write_text(json.dumps(records))
+    result = check_torch(checked, tiny_hf_dir, records=constrained)
+    one_line_error(result, "eval --constrain")
+    records["summary"]["decoding"] |= {"constrained": False, "fewshot": True}
+    fewshot = tmp_path / "fewshot.json"
+    fewshot.write_text(json.dumps(records))
+    report = tmp_path / "report.json"
+    check_torch(checked, tiny_hf_dir, "--limit", "1", "--out", str(report), records=fewshot)
+    assert json.loads(report.read_text())["fewshot"] is True

@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from adapters.check_inputs import CheckError, decoding_of, match_eval_rows, token_ids_of
+from adapters.check_inputs import (
+    CheckError,
+    match_eval_rows,
+    recorded_max_new_tokens,
+    token_ids_of,
+)
 from adapters.cli import check_torch_command
 from adapters.divergence import first_difference_ids, strip_stop
 from adapters.export import export_peft
@@ -217,8 +222,8 @@ def test_first_difference_of_token_ids():
 def test_strip_stop_and_decoding_budget():
     assert strip_stop([5, 6, 2], {2, 16}) == [5, 6]
     assert strip_stop([5, 6], {2}) == [5, 6]
-    assert decoding_of({"decoding": {"max_new_tokens": 64}}) == 64
-    assert decoding_of({}) == 160
+    assert recorded_max_new_tokens({"decoding": {"max_new_tokens": 64}}) == 64
+    assert recorded_max_new_tokens({}) == 160
 
 
 def test_token_ids_of_the_records():

@@ -8,7 +8,9 @@ only when complete, so a kill mid-save leaves the previous checkpoint as the lat
 `evals/step-XXXXXX.json` holds each checkpoint eval's records.
 
 The folder policy (`prepare_adapter_dir`): a folder holding a trained adapter or checkpoints is
-continued with resume, cleared of what training wrote with overwrite, and refused otherwise.
+continued with resume (from its latest checkpoint; an adapter with no checkpoint is refused, as
+resuming would train anew over it), cleared of what training wrote with overwrite, and refused
+otherwise. A damaged checkpoint is a CheckpointError naming it, never a traceback.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mlx_plamo3.io import (
     atomic_save_safetensors,
     atomic_write_json,
     read_json,
+    read_safetensors,
 )
 from mlx_plamo3.lora import (
     ADAPTER_CONFIG,
@@ -70,6 +73,16 @@ def prepare_adapter_dir(adapter_dir: Path, overwrite: bool, resume: bool) -> Pat
         raise CheckpointError(
             f"{adapter_dir} already holds a trained adapter or checkpoints; pass --resume to "
             "continue it, --overwrite to start over, or another --adapter-path"
+        )
+    elif (
+        resume
+        and latest_checkpoint(adapter_dir) is None
+        and (adapter_dir / ADAPTER_WEIGHTS).exists()
+    ):
+        # Resuming starts from a checkpoint; with none, it would train anew over this adapter.
+        raise CheckpointError(
+            f"{adapter_dir} holds a trained adapter but no checkpoint to resume from; pass "
+            "--overwrite to train a new one there, or another --adapter-path"
         )
     return latest_checkpoint(adapter_dir) if resume else None
 
@@ -167,7 +180,14 @@ def load_checkpoint(path: str | Path, model: Model, optimizer: optim.Optimizer) 
     replaced, and a compiled function would keep reading the old one."""
     path = Path(path)
     state = read_trainer_state(path)
-    weights = mx.load(str(path / ADAPTER_WEIGHTS))
+    try:
+        weights = read_safetensors(path / ADAPTER_WEIGHTS)
+        flat = read_safetensors(path / OPTIMIZER_FILE)
+    except FileFormatError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: {exc}. Delete that step-* folder to resume from the "
+            "one before, or pass --overwrite to start over"
+        ) from None
     wanted = {k: v.shape for k, v in lora_parameters(model).items()}
     found = {k: v.shape for k, v in weights.items()}
     if wanted != found:
@@ -177,7 +197,6 @@ def load_checkpoint(path: str | Path, model: Model, optimizer: optim.Optimizer) 
             f"{extra[:3]}, or shapes differ; was it trained with other LoRA settings?)"
         )
     model.load_weights(list(weights.items()), strict=False)
-    flat = mx.load(str(path / OPTIMIZER_FILE))
     optimizer.state = tree_unflatten(list(flat.items()))
     mx.eval(model.parameters(), optimizer.state)
     return state
