@@ -106,6 +106,7 @@ def format_audit(audit: dict[str, Any], out: Path | str) -> str:
         lines.append(
             "            rows by class: "
             + ", ".join(f"{CLASS_WORDS[k]} {n:,}" for k, n in train["classes"].items())
+            + " (v2's no-call rows that decline a request count as mined declines)"
         )
         for klass in V3_CLASSES:
             lines.append(
