@@ -252,6 +252,8 @@ def offered_functions(body: dict) -> list[dict] | None:
                 '"description", "parameters"}}',
                 "tools",
             )
+        if any(function["name"] == f["name"] for f in functions):
+            raise RequestError(f"tools[{index}]: a second tool named {function['name']!r}", "tools")
         functions.append(function)
     if isinstance(choice, dict):
         named = choice.get("function")
@@ -263,6 +265,14 @@ def offered_functions(body: dict) -> list[dict] | None:
             f"tool_choice must be one of {TOOL_CHOICE_MODES} or a function", "tool_choice"
         )
     return None if choice == "none" or not functions else functions
+
+
+def flag(body: dict, name: str) -> bool | None:
+    """A boolean body key, None when absent; anything but true or false is a 400."""
+    value = body.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise RequestError(f"{name} must be true or false", name)
+    return value
 
 
 def number(body: dict, name: str, default: float, low: float, high: float) -> float:
@@ -420,7 +430,7 @@ class ChatServer:
             sampling=sampling,
             stops=[*stop_strings(body.get("stop")), TURN_END],
             offered_tools={f["name"] for f in functions or []},
-            stream=bool(body.get("stream")),
+            stream=bool(flag(body, "stream")),
             include_usage=isinstance(stream_options, dict)
             and bool(stream_options.get("include_usage")),
             constraint=constraint,
@@ -429,9 +439,7 @@ class ChatServer:
     def constraint(self, body: dict, functions: list[dict] | None) -> TokenConstraint | None:
         """The request's own constraint (module docstring): always for a forced call, for
         "auto" when the request's `constrain`, else --constrain, says so; None without tools."""
-        constrain = body.get("constrain")
-        if constrain is not None and not isinstance(constrain, bool):
-            raise RequestError("constrain must be true or false", "constrain")
+        constrain = flag(body, "constrain")
         choice = body.get("tool_choice") or AUTO
         forced = choice not in (AUTO, NONE)
         if not functions or not (forced or (self.constrain if constrain is None else constrain)):

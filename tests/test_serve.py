@@ -265,6 +265,8 @@ def test_a_tool_result_round_trip_is_rendered_as_the_study_wrote_it(stub_server,
         ({"tools": [WEATHER_TOOL], "tool_choice": "sometimes"}, "tool_choice"),
         ({"tools": [WEATHER_TOOL], "extra_body": {"constrain": "yes"}}, "constrain"),
         ({"extra_body": {"constrain": 1}}, "constrain"),
+        ({"extra_body": {"stream": "yes"}}, "stream"),
+        ({"tools": [WEATHER_TOOL, WEATHER_TOOL]}, "tools"),
     ],
 )
 def test_bad_requests_are_400_naming_the_param(stub_server, overrides, param):

@@ -177,6 +177,23 @@ def test_resume_refuses_other_settings(tiny_mlx_dir, dataset, tmp_path):
         Trainer(config(tiny_mlx_dir, dataset, adapter, resume=True, learning_rate=1e-3))
 
 
+def test_resume_refuses_changed_checkpoint_eval_questions(tiny_mlx_dir, tmp_path):
+    data = write_dataset(tmp_path / "data")
+    adapter = tmp_path / "adapter"
+    with pytest.raises(Interrupt):
+        train(config(tiny_mlx_dir, data, adapter), on_step=stop_after(2), log=lambda _: None)
+    eval_file = data / "eval.jsonl"
+    eval_file.write_text("".join(eval_file.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(TrainError, match="eval_data_hash"):
+        Trainer(config(tiny_mlx_dir, data, adapter, resume=True))
+    # A checkpoint written before the eval questions were fingerprinted still resumes.
+    state_file = latest_checkpoint(adapter) / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["fingerprint"]["eval_data_hash"]
+    state_file.write_text(json.dumps(state))
+    Trainer(config(tiny_mlx_dir, data, adapter, resume=True))
+
+
 def test_kill_mid_save_keeps_the_last_good_checkpoint(
     tiny_mlx_dir, dataset, uninterrupted, tmp_path, monkeypatch
 ):

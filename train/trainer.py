@@ -289,6 +289,9 @@ class Trainer:
                 "(pass --no-checkpoint-eval to train without it)"
             )
         self.data_hash = file_sha256(self.train_file)
+        # The checkpoint evals' questions: a resumed run must keep them, or its curve mixes sets.
+        eval_file = self.data_dir / EVAL_FILE
+        self.eval_data_hash = file_sha256(eval_file) if eval_file.is_file() else None
         self.recipe = data_recipe(self.data_dir)
         self.call_format = dataset_call_format(self.data_dir)
 
@@ -378,6 +381,7 @@ class Trainer:
         return {
             **{k: settings[k] for k in RESUME_KEYS},
             "data_hash": self.data_hash,
+            "eval_data_hash": self.eval_data_hash,
             "train_examples": len(self.encoded.examples),
             "total_steps": self.total_steps,
         }
@@ -385,7 +389,9 @@ class Trainer:
     def _check_resumable(self, saved: dict[str, Any]) -> None:
         before = saved.get("fingerprint", {})
         now = json.loads(json.dumps(self.resume_fingerprint()))
-        differ = sorted(k for k in now if before.get(k) != now[k])
+        # Checkpoints written before eval_data_hash was recorded resume as before.
+        unrecorded = {"eval_data_hash"} - before.keys() if before else set()
+        differ = sorted(k for k in now if k not in unrecorded and before.get(k) != now[k])
         if differ:
             detail = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in differ)
             raise TrainError(
