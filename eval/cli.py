@@ -311,6 +311,7 @@ def print_comparison(result: Mapping[str, Any], as_json: bool = False) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="Instead of evaluating, diff two records files question by question.",
 )
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @mode_option("Scoring mode for --compare.")
 def eval_command(
     condition: str,
@@ -331,6 +332,7 @@ def eval_command(
     constrain: bool,
     allow_other_base: bool,
     compare: tuple[str, str] | None,
+    quiet: bool,
     mode: str,
 ) -> None:
     """Run the tool-calling evaluation and write records: the frozen 52 questions (40 call + 12
@@ -374,7 +376,7 @@ def eval_command(
         raise click.ClickException(str(exc)) from None
     limit_bytes, _ = budget(memory_limit)
     total = min(limit, len(rows)) if limit else len(rows)
-    with tqdm(total=total, desc=f"eval {label}", unit="q") as bar:
+    with tqdm(total=total, desc=f"eval {label}", unit="q", disable=quiet) as bar:
         records = run_eval(
             model,
             tokenizer,

@@ -807,3 +807,14 @@ def test_check_torch_refuses_constrained_records_and_prompts_as_recorded(
     report = tmp_path / "report.json"
     check_torch(checked, tiny_hf_dir, "--limit", "1", "--out", str(report), records=fewshot)
     assert json.loads(report.read_text())["fewshot"] is True
+
+
+def test_eval_quiet_leaves_out_the_progress_bar(tiny_mlx_dir, tmp_path):
+    data = toy_dataset(tmp_path / "data")
+    args = ["eval", "--condition", "base", "--model", str(tiny_mlx_dir), "--data", str(data)]
+    args += ["--max-new-tokens", "2"]
+    loud = run([*args, "--out", str(tmp_path / "a.json")])
+    quiet = run([*args, "--out", str(tmp_path / "b.json"), "--quiet"])
+    assert loud.exit_code == quiet.exit_code == 0, (loud.output, quiet.output)
+    assert "eval base:" in loud.output and "eval base:" not in quiet.output
+    assert "records written to" in quiet.output
