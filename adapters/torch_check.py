@@ -39,7 +39,7 @@ from eval.records import Records, load_records
 from eval.scoring import MODES, RATE_KEYS, describe_rate, summarize
 from mlx_plamo3.errors import InputError
 from mlx_plamo3.generate import stop_token_ids
-from mlx_plamo3.io import FileFormatError, read_json
+from mlx_plamo3.io import FileFormatError, check_file_replaceable, read_json
 from mlx_plamo3.loading import read_model_args, resolve_model_path
 from mlx_plamo3.lora import (
     ADAPTER_CONFIG,
@@ -239,19 +239,15 @@ def check_report_replaceable(out: Path, results: Path) -> None:
     file other than an earlier check-torch report (which is replaced)."""
     if out.resolve() == results.resolve():
         raise InputError(f"--out {out} is the --results file: the report would replace its records")
-    if not out.exists():
-        return
-    if out.is_dir():
-        raise InputError(f"--out {out} is a directory; give the report file's path")
+    check_file_replaceable(out, is_check_report, "a check-torch report")
+
+
+def is_check_report(path: Path) -> bool:
     try:
-        earlier = read_json(out)
-    except FileFormatError:
-        earlier = None
-    if not (isinstance(earlier, dict) and REPORT_KEYS <= earlier.keys()):
-        raise InputError(
-            f"{out} exists and is not a check-torch report, so it is left as it is; choose "
-            "another --out"
-        )
+        earlier = read_json(path)
+    except (FileFormatError, OSError):
+        return False
+    return isinstance(earlier, dict) and REPORT_KEYS <= earlier.keys()
 
 
 def format_report(report: Mapping[str, Any], min_agreement: int) -> str:

@@ -20,7 +20,7 @@ from eval.bfcl_scoring import format_bfcl, summarize_bfcl
 from eval.compare import compare_rows, format_comparison
 from eval.harness import CONDITIONS, EVAL_BATCH_SIZE, STUDY_MAX_NEW_TOKENS, SUITES, run_eval
 from eval.metric_keys import DEFAULT_EXPERIMENT
-from eval.records import load_records, write_records
+from eval.records import is_records_file, load_records, write_records
 from eval.report import DEFAULT_TITLE, build_report
 from eval.scoring import (
     MODE_CHOICES,
@@ -32,7 +32,7 @@ from eval.scoring import (
     summary_mismatches,
 )
 from mlx_plamo3.errors import USER_ERRORS, InputError
-from mlx_plamo3.io import file_sha256
+from mlx_plamo3.io import check_file_replaceable, file_sha256
 from mlx_plamo3.loading import load, model_reference
 from mlx_plamo3.lora import (
     BASE_WEIGHTS_KEY,
@@ -157,24 +157,6 @@ def results_option(records: Path) -> str:
         if folder.resolve() == artifact_dir("results").resolve()
         else f" --results {quoted(folder)}"
     )
-
-
-def check_records_replaceable(out: Path, force: bool) -> None:
-    """Refuse an `--out` the eval may not write: an existing file without --force, and with
-    --force anything but an eval records file (a dataset, say), which stays as it is."""
-    if not out.exists():
-        return
-    if out.is_dir():
-        raise InputError(f"--out {out} is a directory; give the records file's path")
-    if not force:
-        raise InputError(f"{out} already exists; pass --force to replace it")
-    try:
-        load_records(out)
-    except USER_ERRORS as exc:
-        raise InputError(
-            f"{out} is not an eval records file, so --force will not replace it ({exc}); "
-            "choose another --out"
-        ) from None
 
 
 def bfcl_rows(
@@ -359,7 +341,7 @@ def eval_command(
     out = out or artifact_dir("results", f"{label}.json")
     try:
         # before the model loads: the records hold a whole run
-        check_records_replaceable(out, force)
+        check_file_replaceable(out, is_records_file, "an eval records file", force)
         if suite == "bfcl":
             eval_file, rows, seen = bfcl_rows(categories, data_name, per_category)
         else:

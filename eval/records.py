@@ -118,6 +118,15 @@ def load_records(path: str | Path) -> Records:
     return Records(path=path, summary=summary, rows=rows)
 
 
+def is_records_file(path: Path) -> bool:
+    """Whether `path` loads as a records file (`load_records`)."""
+    try:
+        load_records(path)
+    except (RecordsError, OSError):
+        return False
+    return True
+
+
 def write_records(
     path: str | Path, summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
 ) -> None:

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -113,6 +113,22 @@ def check_replaceable(path: str | Path, writer: str, force: bool) -> None:
             f"{path} holds files that {writer} did not write ({_listing(added)}); --force "
             "will not delete them. Move them away or choose another output directory."
         )
+
+
+def check_file_replaceable(
+    path: Path, is_earlier_output: Callable[[Path], bool], what: str, force: bool = True
+) -> None:
+    """The file counterpart of `check_replaceable`: refuse an output file that is a directory,
+    one that exists when `force` is not given, and one that is not `what` (an earlier output
+    of the command, as `is_earlier_output` tells), which stays as it is."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise InputError(f"--out {path} is a directory; give the file's path")
+    if not force:
+        raise InputError(f"{path} already exists; pass --force to replace it")
+    if not is_earlier_output(path):
+        raise InputError(f"{path} is not {what}, so it is left as it is; choose another --out")
 
 
 def _process_alive(pid: int) -> bool:

@@ -23,7 +23,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from mlx_plamo3.errors import PlamoError
-from mlx_plamo3.io import FileFormatError, read_json, read_text
+from mlx_plamo3.io import FileFormatError, read_json
 from mlx_plamo3.model import Model, ModelArgs
 from mlx_plamo3.tokenizer import Plamo3Tokenizer
 
@@ -111,13 +111,9 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     """The checkpoint's config.json as a dict, or CheckpointError naming the file; its values
     are checked by `read_model_args` (`ModelArgs.from_dict`)."""
     config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path} is missing")
     try:
-        config = json.loads(read_text(config_path))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
-    except FileFormatError as exc:  # not UTF-8
+        config = read_json(config_path)
+    except FileFormatError as exc:  # missing, not UTF-8 or not JSON
         raise CheckpointError(str(exc)) from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path}: expected a JSON object, got {type(config).__name__}")

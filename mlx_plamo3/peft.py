@@ -16,7 +16,6 @@ once, naming the file and key.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,6 @@ from mlx_plamo3.io import (
     atomic_write_json,
     file_sha256,
     read_json,
-    read_text,
 )
 from mlx_plamo3.loading import CheckpointError, read_safetensors_header, weight_problems
 from mlx_plamo3.lora import (
@@ -237,10 +235,8 @@ def read_peft_adapter(adapter_dir: str | Path) -> PeftAdapter:
         if not path.is_file():
             raise AdapterError(f"{path} is missing; is {root} a PEFT adapter directory?")
     try:
-        config = json.loads(read_text(config_path))
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"{config_path} is not valid JSON: {exc}") from None
-    except FileFormatError as exc:  # not UTF-8
+        config = read_json(config_path)
+    except FileFormatError as exc:  # not UTF-8 or not JSON
         raise AdapterError(str(exc)) from None
     problems = peft_config_problems(config)
     if problems:

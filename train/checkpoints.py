@@ -67,24 +67,21 @@ def prepare_adapter_dir(adapter_dir: Path, overwrite: bool, resume: bool) -> Pat
         raise CheckpointError(f"--adapter-path {adapter_dir} is a file, not a directory")
     if overwrite:
         clear_training_output(adapter_dir)
-    elif not resume and (
-        latest_checkpoint(adapter_dir) is not None or (adapter_dir / ADAPTER_WEIGHTS).exists()
-    ):
+        return None
+    latest = latest_checkpoint(adapter_dir)
+    has_adapter = (adapter_dir / ADAPTER_WEIGHTS).exists()
+    if not resume and (latest is not None or has_adapter):
         raise CheckpointError(
             f"{adapter_dir} already holds a trained adapter or checkpoints; pass --resume to "
             "continue it, --overwrite to start over, or another --adapter-path"
         )
-    elif (
-        resume
-        and latest_checkpoint(adapter_dir) is None
-        and (adapter_dir / ADAPTER_WEIGHTS).exists()
-    ):
+    if resume and latest is None and has_adapter:
         # Resuming starts from a checkpoint; with none, it would train anew over this adapter.
         raise CheckpointError(
             f"{adapter_dir} holds a trained adapter but no checkpoint to resume from; pass "
             "--overwrite to train a new one there, or another --adapter-path"
         )
-    return latest_checkpoint(adapter_dir) if resume else None
+    return latest if resume else None
 
 
 def clear_training_output(adapter_dir: Path) -> None:

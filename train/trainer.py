@@ -165,7 +165,7 @@ def base_model_info(model_dir: Path, override: str | None) -> tuple[str, str | N
     """(base model id, revision) from the model's config.json, as far as it records them."""
     try:
         config = read_config(model_dir)
-    except (CheckpointError, ValueError):
+    except (CheckpointError, OSError):
         config = {}
     name = override or config.get("_name_or_path") or str(model_dir)
     revision = config.get("_commit_hash") or config.get("revision")
@@ -390,7 +390,7 @@ class Trainer:
         before = saved.get("fingerprint", {})
         now = json.loads(json.dumps(self.resume_fingerprint()))
         # Checkpoints written before eval_data_hash was recorded resume as before.
-        unrecorded = {"eval_data_hash"} - before.keys() if before else set()
+        unrecorded = {"eval_data_hash"} - before.keys()
         differ = sorted(k for k in now if k not in unrecorded and before.get(k) != now[k])
         if differ:
             detail = ", ".join(f"{k}: {before.get(k)!r} -> {now[k]!r}" for k in differ)
