@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from convert.convert import convert_checkpoint
-from convert.tiny import TINY_CONFIG, write_tiny_checkpoint
+from convert.tiny import TINY_CONFIG, read_corpus_words, write_tiny_checkpoint
 from mlx_plamo3.errors import USER_ERRORS
 from mlx_plamo3.loading import DTYPES
 from mlx_plamo3.messages import model_option, next_step, quoted
@@ -117,8 +117,30 @@ def size_option(flag: str, key: str, what: str) -> Callable[[Callable], Callable
 @size_option("--head-dim", "head_dim", "Width of one head (even, for RoPE).")
 @size_option("--intermediate-size", "intermediate_size", "Width of the MLP.")
 @size_option("--window", "window_size", "Sliding-window length of the local layers.")
+@click.option(
+    "--vocab-corpus",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="A JSON or JSON-lines file (e.g. data/samples/llamafactory_glaive_toolcall_en_demo.json)"
+    " whose most frequent words join the vocabulary as whole pieces, as a tokenizer trained on "
+    "it would have them. Without it the vocabulary is the fixed 999-piece list.",
+)
+@click.option(
+    "--vocab-words",
+    type=click.IntRange(min=1),
+    default=1500,
+    show_default=True,
+    help="How many of --vocab-corpus's words to add (those seen twice or more).",
+)
 @click.option("--force", is_flag=True, help="Replace OUT if an earlier `tiny` wrote it.")
-def tiny_command(out: Path, seed: int, force: bool, **sizes: int) -> None:
+def tiny_command(
+    out: Path,
+    seed: int,
+    vocab_corpus: Path | None,
+    vocab_words: int,
+    force: bool,
+    **sizes: int,
+) -> None:
     """Write a small random PLaMo 3 checkpoint to OUT in Hugging Face layout.
 
     By default it has 4 layers (3 sliding over a 16-token window, 1 full), tied embeddings,
@@ -127,7 +149,8 @@ def tiny_command(out: Path, seed: int, force: bool, **sizes: int) -> None:
     """
     try:
         ModelArgs.from_dict({**TINY_CONFIG, "vocab_size": 1, **sizes}, source="the sizes given")
-        write_tiny_checkpoint(out, seed=seed, force=force, **sizes)
+        corpus = read_corpus_words(vocab_corpus, vocab_words) if vocab_corpus else ()
+        write_tiny_checkpoint(out, seed=seed, force=force, corpus=corpus, **sizes)
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"wrote tiny PLaMo 3 checkpoint to {out}")

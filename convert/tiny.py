@@ -8,14 +8,16 @@ a seed; no torch needed.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from convert.tiny_vocab import write_tiny_tokenizer
-from mlx_plamo3.io import atomic_directory
+from convert.tiny_vocab import MIN_CORPUS_COUNT, corpus_words, write_tiny_tokenizer
+from mlx_plamo3.errors import InputError
+from mlx_plamo3.io import atomic_directory, read_json, read_jsonl
 
 TINY_CONFIG: dict[str, Any] = {
     "architectures": ["Plamo3ForCausalLM"],
@@ -80,16 +82,33 @@ def tiny_weights(config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
     return weights
 
 
+def read_corpus_words(path: str | Path, limit: int) -> list[tuple[str, float]]:
+    """`corpus_words` of a JSON file (one document) or a JSON-lines file (`.jsonl`)."""
+    path = Path(path)
+    values = (
+        [value for _, value in read_jsonl(path)] if path.suffix == ".jsonl" else [read_json(path)]
+    )
+    words = corpus_words(values, limit)
+    if not words:
+        raise InputError(f"{path}: no word occurs {MIN_CORPUS_COUNT} or more times in its strings")
+    return words
+
+
 def write_tiny_checkpoint(
-    out_dir: str | Path, seed: int = 0, force: bool = False, **overrides: Any
+    out_dir: str | Path,
+    seed: int = 0,
+    force: bool = False,
+    corpus: Sequence[tuple[str, float]] = (),
+    **overrides: Any,
 ) -> Path:
     """Write config.json, model.safetensors and tokenizer files; returns the directory.
 
-    `overrides` replace config values (e.g. tie_word_embeddings=False, rope_scaling_factor=2.0).
+    `corpus`: words to add to the vocabulary (`read_corpus_words`). `overrides` replace config
+    values (e.g. tie_word_embeddings=False, rope_scaling_factor=2.0).
     """
     out_dir = Path(out_dir)
     with atomic_directory(out_dir, "mlx-plamo tiny", force=force) as staging:
-        vocab_size = write_tiny_tokenizer(staging)
+        vocab_size = write_tiny_tokenizer(staging, corpus)
         config = {**TINY_CONFIG, "vocab_size": vocab_size, **overrides}
         save_file(tiny_weights(config, seed), str(staging / "model.safetensors"), {"format": "pt"})
         (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -11,12 +11,22 @@ Ids follow the real vocabulary where public sources pin them: unk 0, bos 1, eos 
 of key, val, choice and fim_* are not public, so those sit in free control slots. Scores are
 made up but shaped like a unigram model's log-probabilities: whole words beat their letters.
 Everything is deterministic: same code, same bytes.
+
+A corpus vocabulary (`corpus_words`, `tiny --vocab-corpus`) adds a corpus's most frequent words
+after the built-in pieces, each with and without its leading space and scored by frequency,
+as a unigram tokenizer trained on that text would have them. The demo's base uses one, so that
+an unseen tool name such as `get_poem` is a few word pieces rather than a run of letters.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from mlx_plamo3.chat_template import TEMPLATE_FILE, default_chat_template
 from mlx_plamo3.io import atomic_write_json, atomic_write_text
@@ -100,8 +110,42 @@ PUNCTUATION = [
 CHARS = [chr(c) for c in range(32, 127)] + ["\n", "\t"]
 
 
-def tiny_vocab_rows() -> list[list[object]]:
-    """Rows of the tiny vocabulary, in id order (the line number is the id)."""
+WORD_PATTERN = re.compile(r"[A-Za-z]+")
+# Words seen fewer times than this are left to letters, as a unigram trainer would drop them.
+MIN_CORPUS_COUNT = 2
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string inside a parsed JSON value (keys too), depth first."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def corpus_words(values: Sequence[Any], limit: int) -> list[tuple[str, float]]:
+    """The `limit` most frequent words (runs of ASCII letters) in the strings of parsed JSON
+    `values`, seen at least MIN_CORPUS_COUNT times, with their log relative frequency; most
+    frequent first, ties by first appearance."""
+    counts = Counter(
+        word for value in values for text in _strings(value) for word in WORD_PATTERN.findall(text)
+    )
+    total = sum(counts.values())
+    return [
+        (word, math.log(count / total))
+        for word, count in counts.most_common()
+        if count >= MIN_CORPUS_COUNT
+    ][:limit]
+
+
+def tiny_vocab_rows(corpus: Sequence[tuple[str, float]] = ()) -> list[list[object]]:
+    """Rows of the tiny vocabulary, in id order (the line number is the id); `corpus` words
+    (from `corpus_words`) come last, those the built-in pieces already hold skipped."""
     slots: list[list[object] | None] = [None] * CONTROL_SLOTS
     for token_id, (piece, kind) in PINNED_CONTROLS.items():
         slots[token_id] = [piece, 0.0, kind]
@@ -133,6 +177,10 @@ def tiny_vocab_rows() -> list[list[object]]:
         add(piece, -4.5 - 0.05 * rank)
     for rank, char in enumerate(CHARS):
         add(char, -9.0 - 0.01 * rank)
+    # A word inside a longer one (get_poem's "poem") is its own piece, a little less likely.
+    for word, log_frequency in corpus:
+        add(" " + word, log_frequency - 1.0)
+        add(word, log_frequency - 1.5)
     rows += [[piece, score, "NORMAL"] for piece, score in scored.items()]
     return rows
 
@@ -165,11 +213,11 @@ def tiny_tokenizer_config() -> dict[str, object]:
     }
 
 
-def write_tiny_tokenizer(out_dir: Path) -> int:
+def write_tiny_tokenizer(out_dir: Path, corpus: Sequence[tuple[str, float]] = ()) -> int:
     """Write tokenizer.jsonl, tokenizer_config.json and chat_template.jinja; returns the
-    vocabulary size."""
+    vocabulary size. `corpus`: extra words, as `tiny_vocab_rows` takes them."""
     out_dir = Path(out_dir)
-    rows = tiny_vocab_rows()
+    rows = tiny_vocab_rows(corpus)
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     atomic_write_text(out_dir / VOCAB_FILE, lines)
     atomic_write_json(out_dir / CONFIG_FILE, tiny_tokenizer_config())
