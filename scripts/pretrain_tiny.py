@@ -65,6 +65,8 @@ COPY_WINDOW = 20
 COPY_ROW_LENGTH = 128
 PERIODS = (8, 64)
 WARMUP_STEPS = 20
+# Conversation draws over --max-length in a row before the setting is called too small.
+MAX_TOO_LONG = 1000
 DEFAULT_SOURCE = "data/samples/llamafactory_glaive_toolcall_en_demo.json"
 
 
@@ -279,13 +281,18 @@ def pretrain(
     losses = []
     bar = tqdm(range(settings.steps), desc="conversations", unit="step")
     for _ in bar:
-        encoded = []
+        encoded, too_long = [], 0
         while len(encoded) < settings.batch:
             ids, mask = tokenizer.assistant_token_mask(
                 varied_messages(rng.choice(found), rng, words, settings)
             )
             if len(ids) <= settings.max_length:
                 encoded.append((ids, mask))
+            elif (too_long := too_long + 1) == MAX_TOO_LONG:
+                raise InputError(
+                    f"{MAX_TOO_LONG} draws in a row were longer than --max-length "
+                    f"{settings.max_length} tokens; raise it"
+                )
         loss, _ = masked_loss(model, *padded(encoded, pad))
         copy_loss, accuracy = masked_loss(model, *copy_rows(settings.copy_batch, pieces, bos, gen))
         optimizer.zero_grad()
@@ -323,6 +330,33 @@ def pretrain(
     return record
 
 
+DEFAULTS = Settings(
+    copy_steps=1200,
+    copy_batch=16,
+    copy_lr=1e-2,
+    steps=400,
+    batch=8,
+    lr=3e-3,
+    max_length=448,
+    drop_parameters=0.5,
+    drop_description=0.3,
+    seed=0,
+)
+POSITIVE = click.FloatRange(min=0, min_open=True)
+
+
+def setting_option(name: str, kind: click.ParamType, text: str) -> Any:
+    """A `--name` option for one `Settings` field, its default from DEFAULTS."""
+    return click.option(
+        "--" + name.replace("_", "-"),
+        name,
+        type=kind,
+        default=getattr(DEFAULTS, name),
+        show_default=True,
+        help=text,
+    )
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--model",
@@ -351,71 +385,30 @@ def pretrain(
     type=click.Path(file_okay=False, path_type=Path),
     help="Output directory: the pretrained checkpoint in the same layout, with pretraining.json.",
 )
-@click.option(
-    "--copy-steps",
-    type=click.IntRange(min=0),
-    default=1200,
-    show_default=True,
-    help="Most steps of the copy phase; it stops earlier once copying is learned.",
+@setting_option(
+    "copy_steps",
+    click.IntRange(min=0),
+    "Most steps of the copy phase; it stops earlier once copying is learned.",
 )
-@click.option(
-    "--copy-batch",
-    type=click.IntRange(min=1),
-    default=16,
-    show_default=True,
-    help="Copy rows per step (in both phases).",
+@setting_option("copy_batch", click.IntRange(min=1), "Copy rows per step (in both phases).")
+@setting_option("copy_lr", POSITIVE, "Learning rate of the copy phase.")
+@setting_option("steps", click.IntRange(min=1), "Steps of the conversation phase.")
+@setting_option("batch", click.IntRange(min=1), "Conversation rows per step.")
+@setting_option("lr", POSITIVE, "Learning rate of the conversation phase.")
+@setting_option(
+    "max_length",
+    click.IntRange(min=16),
+    "Longest conversation row in tokens; longer draws are skipped.",
 )
-@click.option(
-    "--copy-lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1e-2,
-    show_default=True,
-    help="Learning rate of the copy phase.",
+@setting_option(
+    "drop_parameters",
+    click.FloatRange(0, 1),
+    "Chance that a tool loses a random subset of its parameters (and its calls those arguments).",
 )
-@click.option(
-    "--steps",
-    type=click.IntRange(min=1),
-    default=400,
-    show_default=True,
-    help="Steps of the conversation phase.",
+@setting_option(
+    "drop_description", click.FloatRange(0, 1), "Chance that a tool's description is emptied."
 )
-@click.option(
-    "--batch",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Conversation rows per step.",
-)
-@click.option(
-    "--lr",
-    type=click.FloatRange(min=0, min_open=True),
-    default=3e-3,
-    show_default=True,
-    help="Learning rate of the conversation phase.",
-)
-@click.option(
-    "--max-length",
-    type=click.IntRange(min=16),
-    default=448,
-    show_default=True,
-    help="Longest conversation row in tokens; longer draws are skipped.",
-)
-@click.option(
-    "--drop-parameters",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Chance that a tool loses a random subset of its parameters (and its calls those "
-    "arguments).",
-)
-@click.option(
-    "--drop-descriptions",
-    type=click.FloatRange(0, 1),
-    default=0.3,
-    show_default=True,
-    help="Chance that a tool's description is emptied.",
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed.")
+@setting_option("seed", click.IntRange(min=0), "Seed of every random draw.")
 @click.option(
     "--force", is_flag=True, help="Replace OUT if an earlier run of this script wrote it."
 )
@@ -430,18 +423,7 @@ def main(
     """Pretrain a tiny PLaMo 3 checkpoint on tool-calling conversations (see the module's
     docstring: a copy phase, then the conversations with calls in a shape the study's parse
     does not count)."""
-    settings = Settings(
-        copy_steps=options["copy_steps"],
-        copy_batch=options["copy_batch"],
-        copy_lr=options["copy_lr"],
-        steps=options["steps"],
-        batch=options["batch"],
-        lr=options["lr"],
-        max_length=options["max_length"],
-        drop_parameters=options["drop_parameters"],
-        drop_description=options["drop_descriptions"],
-        seed=options["seed"],
-    )
+    settings = Settings(**options)
     try:
         record = pretrain(model_dir, data, sources, out, settings, force)
     except USER_ERRORS as exc:

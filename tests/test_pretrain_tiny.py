@@ -192,3 +192,12 @@ def test_an_eval_question_in_the_pretraining_text_is_caught(tmp_path, monkeypatc
     data = eval_dir(tmp_path, ["What is the weather in Oslo?"])
     with pytest.raises(LeakageError):
         pt.pretrain(model, str(data), [str(source)], tmp_path / "out", SETTINGS, force=False)
+
+
+def test_a_max_length_no_row_fits_is_an_error_not_a_hang(tmp_path):
+    model = write_tiny_checkpoint(tmp_path / "tiny", corpus=read_corpus_words(SAMPLE, 200))
+    data = eval_dir(tmp_path, ["What is the weather in Oslo?"])
+    short = dataclasses.replace(SETTINGS, max_length=16, copy_steps=0)
+    with pytest.raises(pt.InputError, match="--max-length 16"):
+        pt.pretrain(model, str(data), [str(SAMPLE)], tmp_path / "out", short, force=False)
+    assert not (tmp_path / "out").exists()
