@@ -322,7 +322,8 @@ def pretrain(
     state = sanitize_state(model.config, model.state_dict())
     with atomic_directory(out, WRITER, force=force) as staging:
         for file in model_dir.iterdir():
-            if file.is_file() and file.suffix != ".safetensors" and file.name != RECORD_FILE:
+            weights = file.suffix == ".safetensors" or file.name.endswith(".safetensors.index.json")
+            if file.is_file() and not weights and file.name != RECORD_FILE:
                 shutil.copy2(file, staging / file.name)
         tensors = {key: value.detach().contiguous() for key, value in state.items()}
         save_file(tensors, str(staging / WEIGHTS_FILE), {"format": "pt"})
