@@ -70,10 +70,10 @@ run $NO_PRELOAD $PY -m scripts.pretrain_tiny --model "$W/tiny-hf" --data "$W/dat
 banner "4. convert it to MLX"
 run $PY -m convert --hf-path "$W/tiny-base" --mlx-path "$W/models/tiny" --dtype float32 --force
 
-banner "5. train the LoRA on v2 (the study's recipe with a tiny model's learning rate and 5 epochs; checkpoint evals on part of the frozen eval)"
+banner "5. train the LoRA on v2 (the study's recipe with a tiny model's learning rate and 2 epochs; checkpoint evals on part of the frozen eval)"
 run $CLI train --data "$W/data/v2" --model "$W/models/tiny" --adapter-path "$W/adapters/demo" \
   --run-name demo --dtype float32 --checkpoint-every 4 --eval-limit 13 \
-  --eval-max-new-tokens 48 --learning-rate 2e-3 --epochs 5 --overwrite
+  --eval-max-new-tokens 48 --learning-rate 2e-3 --epochs 2 --overwrite
 
 banner "6. evaluate: base zero-shot, base 2-shot, and with the LoRA"
 for condition in base base-fewshot; do
