@@ -15,7 +15,7 @@ Everything is deterministic: same code, same bytes.
 A corpus vocabulary (`corpus_words`, `tiny --vocab-corpus`) adds a corpus's most frequent words
 after the built-in pieces, each with and without its leading space and scored by frequency,
 as a unigram tokenizer trained on that text would have them. The demo's base uses one, so that
-an unseen tool name such as `get_poem` is a few word pieces rather than a run of letters.
+a tool name such as `generate_random_color` is five pieces rather than a run of letters.
 """
 
 from __future__ import annotations
