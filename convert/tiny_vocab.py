@@ -177,7 +177,8 @@ def tiny_vocab_rows(corpus: Sequence[tuple[str, float]] = ()) -> list[list[objec
         add(piece, -4.5 - 0.05 * rank)
     for rank, char in enumerate(CHARS):
         add(char, -9.0 - 0.01 * rank)
-    # A word inside a longer one (get_poem's "poem") is its own piece, a little less likely.
+    # A word inside a longer one (generate_random_color's "color") is its own piece, a little
+    # less likely.
     for word, log_frequency in corpus:
         add(" " + word, log_frequency - 1.0)
         add(word, log_frequency - 1.5)

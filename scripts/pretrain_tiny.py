@@ -51,13 +51,13 @@ from data.schema import ASSISTANT, USER, Conversation, ParseError
 from data.sources import open_source, parse_row
 from data.store import load_eval_rows
 from mlx_plamo3.errors import USER_ERRORS, InputError
-from mlx_plamo3.io import atomic_directory, atomic_write_json, read_jsonl
+from mlx_plamo3.io import atomic_directory, atomic_write_json
+from mlx_plamo3.loading import INDEX_FILE, shard_name
 from mlx_plamo3.messages import next_step, quoted
-from mlx_plamo3.tokenizer import VOCAB_FILE, Plamo3Tokenizer
+from mlx_plamo3.tokenizer import Plamo3Tokenizer
 from mlx_plamo3.torch_reference import load_reference, sanitize_state
 
 WRITER = "scripts.pretrain_tiny"
-WEIGHTS_FILE = "model.safetensors"
 RECORD_FILE = "pretraining.json"
 # Copy phase: learned once the copy accuracy over the last COPY_WINDOW steps reaches this.
 COPY_LEARNED = 0.95
@@ -65,7 +65,7 @@ COPY_WINDOW = 20
 COPY_ROW_LENGTH = 128
 PERIODS = (8, 64)
 WARMUP_STEPS = 20
-# Conversation draws over --max-length in a row before the setting is called too small.
+# Conversation draws over --max-length for one batch before the setting is called too small.
 MAX_TOO_LONG = 1000
 DEFAULT_SOURCE = "data/samples/llamafactory_glaive_toolcall_en_demo.json"
 
@@ -184,11 +184,11 @@ def varied_messages(
     ]
 
 
-def normal_piece_ids(model_dir: Path) -> list[int]:
+def normal_piece_ids(tokenizer: Plamo3Tokenizer, model_dir: Path) -> list[int]:
     """Ids of the vocabulary's NORMAL pieces (the copy rows draw from them)."""
-    ids = [i for i, (_, row) in enumerate(read_jsonl(model_dir / VOCAB_FILE)) if row[2] == "NORMAL"]
+    ids = [i for i in range(len(tokenizer)) if tokenizer.kind(i) == "NORMAL"]
     if len(ids) < PERIODS[1]:
-        raise InputError(f"{model_dir / VOCAB_FILE}: too few NORMAL pieces for copy rows")
+        raise InputError(f"{model_dir}: too few NORMAL vocabulary pieces for copy rows")
     return ids
 
 
@@ -254,12 +254,13 @@ def pretrain(
     tokenizer = Plamo3Tokenizer.from_pretrained(model_dir)
     model = load_reference(model_dir)
     model.train()
-    pieces = normal_piece_ids(model_dir)
+    pieces = normal_piece_ids(tokenizer, model_dir)
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
 
     optimizer, schedule = optimizer_for(model, settings.copy_lr)
     recent: list[float] = []
     copy_learned_at = None
+    copy_steps_run = 0
     accuracy = 0.0
     bar = tqdm(range(settings.copy_steps), desc="copy", unit="step")
     for step in bar:
@@ -268,13 +269,13 @@ def pretrain(
         loss.backward()
         optimizer.step()
         schedule.step()
+        copy_steps_run = step + 1
         recent = [*recent[1 - COPY_WINDOW :], accuracy]
         bar.set_postfix(loss=f"{loss.item():.3f}", copy_acc=f"{accuracy:.2f}")
         if len(recent) == COPY_WINDOW and min(recent) >= COPY_LEARNED:
-            copy_learned_at = step + 1
+            copy_learned_at = copy_steps_run
             break
     bar.close()
-    copy_steps_run = bar.n if copy_learned_at is None else copy_learned_at
 
     check_no_leak(({"messages": [{"role": USER, "content": e.user}]} for e in found), eval_rows)
     optimizer, schedule = optimizer_for(model, settings.lr)
@@ -290,7 +291,7 @@ def pretrain(
                 encoded.append((ids, mask))
             elif (too_long := too_long + 1) == MAX_TOO_LONG:
                 raise InputError(
-                    f"{MAX_TOO_LONG} draws in a row were longer than --max-length "
+                    f"{MAX_TOO_LONG} draws for one batch were longer than --max-length "
                     f"{settings.max_length} tokens; raise it"
                 )
         loss, _ = masked_loss(model, *padded(encoded, pad))
@@ -322,11 +323,11 @@ def pretrain(
     state = sanitize_state(model.config, model.state_dict())
     with atomic_directory(out, WRITER, force=force) as staging:
         for file in model_dir.iterdir():
-            weights = file.suffix == ".safetensors" or file.name.endswith(".safetensors.index.json")
+            weights = file.suffix == ".safetensors" or file.name == INDEX_FILE
             if file.is_file() and not weights and file.name != RECORD_FILE:
                 shutil.copy2(file, staging / file.name)
         tensors = {key: value.detach().contiguous() for key, value in state.items()}
-        save_file(tensors, str(staging / WEIGHTS_FILE), {"format": "pt"})
+        save_file(tensors, str(staging / shard_name(0, 1)), {"format": "pt"})
         atomic_write_json(staging / RECORD_FILE, record)
     return record
 
